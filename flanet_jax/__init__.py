@@ -1,0 +1,1 @@
+"""flanet_jax: FLANet (Fully Attentional Network for Semantic Segmentation) in JAX/Flax."""

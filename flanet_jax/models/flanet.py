@@ -1,0 +1,87 @@
+"""FLANet: a backbone, a two-conv head, an attention block and three output modules.
+
+  c2, c3, c4 = backbone(image)               strides 8 (dilated); c4 is the last stage
+  feats      = attention(conv3x3-BN-ReLU x2 (c4 -> 512))
+  main       = OutputModule(512)(concat[c4, feats])
+  aux1, aux2 = OutputModule(64)(c2), OutputModule(64)(c3)
+each output bilinearly resized (align_corners=True) to the input size.
+`attention='none'` keeps the head and drops the block: the Table 2 baseline.
+"""
+
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flanet_jax.models.fla import FullyAttentionalBlock
+from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear, upsample_nearest_2x
+from flanet_jax.models.resnet import ResNet
+
+# model.attention name -> block class with the interface `Block(features, dtype)(x, train)`.
+ATTENTION_BLOCKS: Mapping[str, Callable[..., nn.Module] | None] = {
+    'fla': FullyAttentionalBlock,
+    'none': None,
+}
+
+RESNET_DEPTHS = {'resnet18': 18, 'resnet50': 50, 'resnet101': 101}
+
+
+class OutputModule(nn.Module):
+  """Official `FLANetOutput`: nearest x2, 3x3 conv-BN-ReLU, channel dropout, 1x1 classifier."""
+  mid_features: int
+  num_classes: int
+  dropout_rate: float = 0.1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = upsample_nearest_2x(x)
+    x = ConvBN(self.mid_features, 3, dtype=self.dtype, name='conv_bn')(x, train)
+    # Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
+    x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
+    return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
+
+
+def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype) -> nn.Module:
+  if name in RESNET_DEPTHS:
+    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, name='backbone')
+  raise ValueError(f'Unknown backbone {name!r}; choose one of {sorted(RESNET_DEPTHS)}')
+
+
+class FLANet(nn.Module):
+  """Returns (main, aux1, aux2) logits of shape (B, H, W, num_classes), float32."""
+  num_classes: int
+  backbone: str = 'resnet101'
+  attention: str = 'fla'
+  deep_stem: bool = True
+  output_stride: int = 8
+  head_features: int = 512
+  aux_features: int = 64
+  dropout_rate: float = 0.1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool):
+    if self.attention not in ATTENTION_BLOCKS:
+      raise ValueError(f'Unknown attention {self.attention!r}; choose one of '
+                       f'{sorted(ATTENTION_BLOCKS)}')
+    size = images.shape[1:3]
+    c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
+                                self.dtype)(images, train)
+
+    feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv1')(c4, train)
+    feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv2')(feats, train)
+    block = ATTENTION_BLOCKS[self.attention]
+    if block is not None:
+      feats = block(self.head_features, dtype=self.dtype, name='attention')(feats, train)
+
+    def output(x, mid, name):
+      logits = OutputModule(mid, self.num_classes, self.dropout_rate, self.dtype, name=name)(
+          x, train)
+      return resize_bilinear(logits.astype(jnp.float32), size)
+
+    main = output(jnp.concatenate([c4, feats.astype(c4.dtype)], axis=-1),
+                  self.head_features, 'out_main')
+    aux1 = output(c2, self.aux_features, 'out_aux1')
+    aux2 = output(c3, self.aux_features, 'out_aux2')
+    return main, aux1, aux2

@@ -1,0 +1,127 @@
+"""The FLA block against an independent float64 NumPy formulation of DESIGN.md."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flanet_jax.models.fla import FullyAttentionalBlock, full_attention
+from flanet_jax.models.layers import ConvBN
+
+
+def _softmax64(e):
+  e = e - e.max(axis=-1, keepdims=True)
+  p = np.exp(e)
+  return p / p.sum(axis=-1, keepdims=True)
+
+
+def numpy_fla_attention(x, w_row, b_row, w_col, b_col, gamma):
+  """gamma * (O_h + O_w) + x for ONE sample x of shape (H, W, C), loops over rows/columns."""
+  height, width, _ = x.shape
+  row_prior = x.mean(axis=1) @ w_row + b_row  # (H, C): Linear over the width-pooled rows
+  col_prior = x.mean(axis=0) @ w_col + b_col  # (W, C)
+  out = np.zeros_like(x)
+  for w in range(width):  # one C x C relation per column, priors of the rows
+    column = x[:, w, :]  # (H, C)
+    attn = _softmax64(column.T @ row_prior)  # (C, C): sum_h x[h,w,c] r[h,k]
+    out[:, w, :] += column @ attn.T  # O_h[h,w,c] = sum_k A[c,k] x[h,w,k]
+  for h in range(height):  # one C x C relation per row, priors of the columns
+    row = x[h, :, :]  # (W, C)
+    attn = _softmax64(row.T @ col_prior)
+    out[h, :, :] += row @ attn.T
+  return gamma * out + x
+
+
+def _numpy_conv3x3_bn_relu(x, kernel, bn_params, bn_stats):
+  """Eval-mode conv3x3 (pad 1, no bias) -> BN -> ReLU for (H, W, C) in float64."""
+  height, width, _ = x.shape
+  padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+  y = np.zeros((height, width, kernel.shape[-1]))
+  for dy in range(3):
+    for dx in range(3):
+      y += padded[dy:dy + height, dx:dx + width, :] @ kernel[dy, dx]
+  scale = bn_params['scale'] / np.sqrt(bn_stats['var'] + 1e-5)
+  return np.maximum((y - bn_stats['mean']) * scale + bn_params['bias'], 0.0)
+
+
+def _random_variables(rng, block, x):
+  """Initialised variables with every leaf replaced by fresh random values (gamma != 0)."""
+  variables = block.init(jax.random.key(int(rng.integers(1 << 30))), x, train=False)
+
+  def randomise(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if 'var' in name:
+      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+    scale = 0.5 if 'gamma' in name else 0.1
+    return jnp.asarray(rng.normal(0.0, scale, leaf.shape), jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(randomise, variables)
+
+
+def _to64(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize('height,width', [(12, 12), (9, 14)])
+def test_fla_block_matches_numpy_reference(height, width):
+  rng = np.random.default_rng(height * 100 + width)
+  channels = 16
+  x = rng.normal(size=(1, height, width, channels)).astype(np.float32)
+  block = FullyAttentionalBlock(channels)
+  variables = _random_variables(rng, block, x)
+  got = np.asarray(block.apply(variables, x, train=False), np.float64)
+
+  p, s = _to64(variables['params']), _to64(variables['batch_stats'])
+  attended = numpy_fla_attention(
+      x[0].astype(np.float64), p['row_prior']['kernel'], p['row_prior']['bias'],
+      p['col_prior']['kernel'], p['col_prior']['bias'], p['gamma'])
+  want = _numpy_conv3x3_bn_relu(attended, p['fuse']['conv']['kernel'], p['fuse']['bn'],
+                                s['fuse']['bn'])
+  assert np.abs(want).max() > 0.1  # the comparison is not between two near-zero tensors
+  rel_err = np.linalg.norm(got[0] - want) / np.linalg.norm(want)
+  assert rel_err <= 1e-5, rel_err
+
+
+def test_fla_is_per_sample():
+  """Sample i's output never depends on sample j (the original's `repeat` breaks this)."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 10, 7, 8)).astype(np.float32)
+  block = FullyAttentionalBlock(8)
+  variables = _random_variables(rng, block, x)
+  base = np.asarray(block.apply(variables, x, train=False))
+
+  changed = x.copy()
+  changed[2] = rng.normal(size=changed[2].shape)
+  out = np.asarray(block.apply(variables, changed, train=False))
+  np.testing.assert_array_equal(out[:2], base[:2])
+  assert np.abs(out[2] - base[2]).max() > 1e-3
+  for i in range(3):
+    single = np.asarray(block.apply(variables, x[i:i + 1], train=False))
+    np.testing.assert_allclose(single[0], base[i], rtol=1e-5, atol=1e-5)
+
+
+def test_gamma_zero_is_conv_bn_relu():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 6, 11, 8)), jnp.float32)
+  block = FullyAttentionalBlock(8)
+  variables = _random_variables(rng, block, x)
+  variables['params']['gamma'] = jnp.zeros(())
+  got = block.apply(variables, x, train=False)
+  fuse = {'params': variables['params']['fuse'], 'batch_stats': variables['batch_stats']['fuse']}
+  want = ConvBN(8, 3).apply(fuse, x, train=False)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_fla_attention_flops_match_paper():
+  """8*C^2*H*W FLOPs at C=512, 96x96 (the paper's 19.37 GFLOPs), the 3x3 conv excluded."""
+  channels, size = 512, 96
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  weight = jax.ShapeDtypeStruct((channels, channels), jnp.float32)
+  bias = jax.ShapeDtypeStruct((channels,), jnp.float32)
+
+  def attention(x, w_row, b_row, w_col, b_col):
+    return full_attention(x, x.mean(axis=2) @ w_row + b_row, x.mean(axis=1) @ w_col + b_col)
+
+  cost = jax.jit(attention).lower(x, weight, bias, weight, bias).compile().cost_analysis()
+  expected = 8 * channels**2 * size * size
+  assert abs(cost['flops'] - expected) / expected < 0.05, (cost['flops'], expected)
