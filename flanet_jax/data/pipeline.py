@@ -1,0 +1,81 @@
+"""grain pipelines: the infinite training stream and the padded, masked evaluation pass.
+
+Training: one global stream, shuffled anew each epoch from the seed. Global batch k holds
+stream positions [k*B, (k+1)*B); process p of P reads and transforms only its sub-batch
+[k*B + p*B/P, k*B + (p+1)*B/P). Example g is augmented with a generator seeded by (seed, g).
+So the global batch at each step is the same for any number of hosts, devices or workers, and
+the iterator's position is the step: a resumed run continues exactly.
+"""
+
+from typing import Callable, Iterator
+
+import grain
+from absl import flags
+import numpy as np
+
+from flanet_jax.data.transforms import IGNORE_INDEX, normalize
+
+
+def _seeded(transform: Callable, seed: int):
+  """grain map_with_index function: `transform(example, rng)` with rng from (seed, index)."""
+
+  def apply(index, example):
+    return transform(example, np.random.default_rng([seed, index]))
+
+  return apply
+
+
+def train_dataset(source, transform: Callable, *, global_batch: int, seed: int,
+                  process_index: int, process_count: int) -> grain.MapDataset:
+  """Host-local batches of the global training stream (see module docstring)."""
+  if global_batch % process_count:
+    raise ValueError(f'batch_size {global_batch} is not divisible by the {process_count} '
+                     'processes')
+  host_batch = global_batch // process_count
+  stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  stream = stream.map_with_index(_seeded(transform, seed))
+  # Sub-batches of host_batch; process p owns every P-th one, starting at p.
+  return stream.batch(host_batch, drop_remainder=True)[process_index::process_count]
+
+
+def train_iterator(dataset: grain.MapDataset, workers: int) -> grain.DatasetIterator:
+  """Iterator with checkpointable state; `workers` > 0 decodes in worker processes."""
+  iterable = dataset.to_iter_dataset()
+  if workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (library use, notebooks)
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(iterable)
+
+
+def _pad_batch(examples: list[dict], rows: int, size: tuple[int, int]) -> dict:
+  """Stacks `rows` examples padded to `size`; padding (and missing rows) is label 255."""
+  images = np.zeros((rows, *size, 3), np.float32)
+  labels = np.full((rows, *size), IGNORE_INDEX, np.int32)
+  for i, example in enumerate(examples):
+    h, w = example['label'].shape
+    images[i, :h, :w] = normalize(example['image'])
+    labels[i, :h, :w] = example['label']
+  return {'image': images, 'label': labels}
+
+
+def eval_batches(source, *, global_batch: int, process_index: int,
+                 process_count: int) -> Iterator[tuple[dict, list[int]]]:
+  """Host-local eval batches covering every example exactly once across all hosts.
+
+  Yields (batch, indices): `indices` are the source indices of the real examples in the batch;
+  the remaining rows and the padding are label 255, so they add nothing to the metrics.
+  Every host yields the same number of batches of the same shape (the largest image of the
+  global batch), as jit over a mesh requires.
+  """
+  if global_batch % process_count:
+    raise ValueError(f'eval_batch_size {global_batch} is not divisible by the '
+                     f'{process_count} processes')
+  host_batch = global_batch // process_count
+  for first in range(0, len(source), global_batch):
+    global_indices = range(first, min(first + global_batch, len(source)))
+    sizes = [source.image_size(i) for i in global_indices]
+    size = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    start = first + process_index * host_batch
+    indices = [i for i in range(start, start + host_batch) if i < len(source)]
+    yield _pad_batch([source[i] for i in indices], host_batch, size), indices

@@ -1,0 +1,39 @@
+"""Shared test helpers: a tiny synthetic dataset and a tiny training config."""
+
+import pathlib
+
+from configs import default
+from flanet_jax.data import synthetic
+
+
+def write_tiny_dataset(root: pathlib.Path, num_train=16, num_val=6, height=40, width=72,
+                       seed=0) -> pathlib.Path:
+  return synthetic.write_dataset(str(root), num_train, num_val, height, width, seed)
+
+
+def tiny_config(data_root, **overrides):
+  """A seconds-per-step FLANet-ResNet18 config on the synthetic dataset."""
+  config = default.get_config()
+  config.batch_size = 8
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 3
+  config.model.backbone = 'resnet18'
+  config.model.deep_stem = False
+  config.model.head_features = 16
+  config.model.aux_features = 8
+  config.data.root = str(data_root)
+  config.data.crop_size = (32, 32)
+  config.data.workers = 0
+  config.data.eval_batch_size = 8
+  config.optimizer.learning_rate = 0.02
+  config.optimizer.head_lr_multiplier = 1.0
+  config.loss.name = 'ce'
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config

@@ -1,0 +1,111 @@
+"""Cityscapes reader, label mapping, errors, and the deterministic sharded pipeline."""
+
+import functools
+import shutil
+
+import numpy as np
+import pytest
+from cityscapesscripts.helpers import labels as cs_labels
+from PIL import Image
+
+from flanet_jax.data import cityscapes, pipeline, synthetic, transforms
+
+
+def test_label_id_to_train_id_follows_cityscapesscripts():
+  for label_id in range(256):
+    label = cs_labels.id2label.get(label_id)
+    want = label.trainId if label is not None and 0 <= label.trainId < 255 else 255
+    assert cityscapes.LABEL_ID_TO_TRAIN_ID[label_id] == want
+  assert len(cityscapes.CLASS_NAMES) == 19 and cityscapes.CLASS_NAMES[13] == 'car'
+  assert tuple(cityscapes.PALETTE[0]) == cs_labels.trainId2label[0].color
+
+
+def test_reader_maps_label_ids_and_reads_real_pngs(tiny_dataset):
+  source = cityscapes.CityscapesSource(str(tiny_dataset), 'val')
+  assert len(source) == 6
+  example = source[3]
+  image_path, label_path = source.pairs[3]
+  np.testing.assert_array_equal(example['image'], np.asarray(Image.open(image_path)))
+  label_ids = np.asarray(Image.open(label_path))
+  np.testing.assert_array_equal(example['label'], cityscapes.LABEL_ID_TO_TRAIN_ID[label_ids])
+  assert set(np.unique(label_ids)) >= {synthetic.UNLABELED, synthetic.ROAD, synthetic.SKY}
+  assert 255 in example['label'] and 0 in example['label']  # ignored border, road
+  assert source.image_size(3) == example['label'].shape
+
+
+def test_missing_root_and_split_are_clear_errors(tmp_path, tiny_dataset):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere')):
+    cityscapes.CityscapesSource(str(tmp_path / 'nowhere'), 'train')
+  with pytest.raises(FileNotFoundError, match='leftImg8bit/test'):
+    cityscapes.CityscapesSource(str(tiny_dataset), 'test')
+
+
+def test_image_without_label_is_a_clear_error(tmp_path, tiny_dataset):
+  root = tmp_path / 'copy'
+  shutil.copytree(tiny_dataset, root)
+  label = sorted((root / 'gtFine' / 'train').glob('*/*_labelIds.png'))[2]
+  label.unlink()
+  with pytest.raises(FileNotFoundError, match=label.name.replace('_gtFine_labelIds.png', '')):
+    cityscapes.CityscapesSource(str(root), 'train')
+
+
+def _transform():
+  return functools.partial(transforms.train_transform, crop_size=(24, 24),
+                           scale_range=(0.5, 2.0), flip=True)
+
+
+def _global_batches(source, processes, steps, global_batch=4, start=0):
+  """The global batches at steps [start, start+steps) assembled from every process."""
+  per_process = []
+  for p in range(processes):
+    dataset = pipeline.train_dataset(source, _transform(), global_batch=global_batch, seed=3,
+                                     process_index=p, process_count=processes)
+    per_process.append([dataset[start + k] for k in range(steps)])
+  return [{key: np.concatenate([per_process[p][k][key] for p in range(processes)])
+           for key in ('image', 'label')} for k in range(steps)]
+
+
+def test_global_batches_do_not_depend_on_process_count(tiny_dataset):
+  source = cityscapes.CityscapesSource(str(tiny_dataset), 'train')
+  one, two = _global_batches(source, 1, 6), _global_batches(source, 2, 6)
+  for a, b in zip(one, two):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  assert one[0]['image'].shape == (4, 24, 24, 3) and one[0]['image'].dtype == np.float32
+  # Different steps see different crops (the stream is random, not constant).
+  assert not np.array_equal(one[0]['image'], one[1]['image'])
+
+
+def test_workers_and_resume_position_give_the_same_stream(tiny_dataset):
+  source = cityscapes.CityscapesSource(str(tiny_dataset), 'train')
+  dataset = pipeline.train_dataset(source, _transform(), global_batch=4, seed=3,
+                                   process_index=0, process_count=1)
+  serial = pipeline.train_iterator(dataset, workers=0)
+  want = [next(serial) for _ in range(6)]
+  parallel_iter = pipeline.train_iterator(dataset, workers=2)
+  got = [next(parallel_iter) for _ in range(6)]
+  resumed = pipeline.train_iterator(dataset[4:], workers=0)
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  np.testing.assert_array_equal(next(resumed)['label'], want[4]['label'])
+  # The iterator's state is its position, and restoring it continues the stream.
+  state = serial.get_state()
+  fresh = pipeline.train_iterator(dataset, workers=0)
+  fresh.set_state(state)
+  np.testing.assert_array_equal(next(fresh)['image'], next(serial)['image'])
+
+
+def test_eval_batches_cover_every_image_once_with_uneven_batches(tiny_dataset):
+  source = cityscapes.CityscapesSource(str(tiny_dataset), 'val')  # 6 images
+  seen = []
+  for process in range(2):
+    batches = list(pipeline.eval_batches(source, global_batch=4, process_index=process,
+                                         process_count=2))
+    assert len(batches) == 2  # every process runs the same number of batches
+    for batch, indices in batches:
+      assert batch['image'].shape[0] == 2
+      for row, index in enumerate(indices):
+        np.testing.assert_array_equal(batch['label'][row], source[index]['label'])
+      assert (batch['label'][len(indices):] == 255).all()  # padding rows are ignored
+      seen += indices
+  assert sorted(seen) == list(range(6))
