@@ -1,20 +1,29 @@
 # `make test` builds .venv from the pinned requirements on first use, then runs the suite.
+# `make demo` trains and evaluates a small FLANet on a generated dataset (CPU, minutes).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_DIR ?= workdirs/demo
 
-.PHONY: test clean-venv
+.PHONY: test demo clean-venv
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.core: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+	touch $@
 
-test: $(STAMP)
+$(VENV)/.dev: $(VENV)/.core requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: $(VENV)/.dev
 	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.core
+	$(PY) -m flanet_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
+	$(PY) -m flanet_jax.main --config configs/demo.py --workdir $(DEMO_DIR) --mode eval
 
 clean-venv:
 	rm -rf $(VENV)

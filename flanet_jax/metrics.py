@@ -25,7 +25,8 @@ def scores(confusion: np.ndarray) -> dict:
   return {'miou': float(np.nanmean(iou)) if np.any(union > 0) else float('nan'),
           'iou': iou,
           'pixel_accuracy': float(true_positive.sum() / total) if total else float('nan'),
-          'num_pixels': int(total)}
+          'num_pixels': int(total),
+          'confusion': confusion}
 
 
 def format_table(result: dict, class_names) -> str:

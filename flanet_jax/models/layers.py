@@ -80,7 +80,7 @@ def batch_norm(train: bool, dtype: Dtype = jnp.float32, name: str | None = None)
   """
   return nn.BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-      dtype=dtype, name=name)
+      use_fast_variance=False, dtype=dtype, name=name)
 
 
 class ConvBN(nn.Module):

@@ -1,0 +1,115 @@
+"""Evaluation: mIoU over a whole split, and `--mode eval` (restore -> table -> PNGs)."""
+
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from PIL import Image
+
+from flanet_jax import checkpoint, data, metrics, optim, parallel, step
+from flanet_jax.data import pipeline
+from flanet_jax.models import build_model
+
+
+class Evaluator:
+  """Runs the model over `config.data.eval_split`; every image is counted exactly once."""
+
+  def __init__(self, config, model, mesh):
+    self.config, self.mesh = config, mesh
+    self.info = data.dataset_info(config.data.name)
+    self.source = data.source(config.data, config.data.eval_split)
+    self.num_classes = config.model.num_classes
+    parallel.check_batch_size('data.eval_batch_size', config.data.eval_batch_size)
+    self._step = jax.jit(
+        functools.partial(step.eval_step, model=model, num_classes=self.num_classes),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+
+  def run(self, variables, on_predictions=None) -> dict:
+    """Scores of `variables`; `on_predictions(source_indices, class_maps)` sees this host's."""
+    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+    batches = pipeline.eval_batches(self.source, global_batch=self.config.data.eval_batch_size,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    for batch, indices in batches:
+      predictions, batch_confusion = self._step(variables, parallel.to_global(batch, self.mesh))
+      confusion += np.asarray(batch_confusion)
+      if on_predictions is not None and indices:
+        local = multihost_utils.global_array_to_host_local_array(
+            predictions, self.mesh, jax.sharding.PartitionSpec(parallel.DATA_AXIS))
+        on_predictions(indices, np.asarray(local)[:len(indices)])
+    return metrics.scores(confusion)
+
+
+def colourise(class_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """RGB image of a class map; classes outside the palette (e.g. 255) are black."""
+  lookup = np.zeros((256, 3), np.uint8)
+  lookup[:len(palette)] = palette
+  return lookup[class_map.astype(np.uint8)]
+
+
+def _new_output_dir(workdir: pathlib.Path, step_number: int) -> pathlib.Path:
+  """workdir/eval/step_N, or step_N.2, .3, ... so earlier results are never overwritten."""
+  base = workdir / 'eval' / f'step_{step_number}'
+  path, suffix = base, 1
+  while path.exists():
+    suffix += 1
+    path = base.with_name(f'{base.name}.{suffix}')
+  return path
+
+
+def train_state_shapes(config, model):
+  """Abstract train state of this config (the optimizer state shapes follow the config)."""
+  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)))
+  tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, variables['params'])
+  return jax.eval_shape(lambda v: step.create_train_state(v, tx, config.seed), variables)
+
+
+def restore_variables(config, workdir: pathlib.Path, model, mesh):
+  """(step, variables) of the configured checkpoint (latest if eval.checkpoint_step < 0)."""
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints, read_only=True)
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}')
+  wanted = config.eval.checkpoint_step
+  step_number = max(steps) if wanted < 0 else wanted
+  if step_number not in steps:
+    raise FileNotFoundError(f'No checkpoint for step {wanted} in {workdir / "checkpoints"}; '
+                            f'available: {sorted(steps)}')
+  target = checkpoint.abstract_like(train_state_shapes(config, model), parallel.replicated(mesh))
+  state = checkpoint.restore_state(mngr, step_number, target)
+  return step_number, state.variables
+
+
+def evaluate(config, workdir) -> dict:
+  """Restores a checkpoint, scores the eval split, writes the table and prediction PNGs."""
+  workdir = pathlib.Path(workdir)
+  mesh = parallel.make_mesh()
+  model = build_model(config.model, config.dtype)
+  step_number, variables = restore_variables(config, workdir, model, mesh)
+  evaluator = Evaluator(config, model, mesh)
+  out_dir = _new_output_dir(workdir, step_number)
+  (out_dir / 'predictions').mkdir(parents=True)
+
+  def save_pngs(indices, class_maps):
+    for index, class_map in zip(indices, class_maps):
+      if index < config.eval.num_prediction_images:
+        height, width = evaluator.source.image_size(index)
+        image = colourise(class_map[:height, :width], evaluator.info.palette)
+        Image.fromarray(image).save(out_dir / 'predictions' / f'{evaluator.source.name(index)}.png')
+
+  result = evaluator.run(variables, save_pngs)
+  table = metrics.format_table(result, evaluator.info.class_names)
+  if jax.process_index() == 0:
+    print(f'Checkpoint step {step_number}, split {config.data.eval_split!r}:\n{table}')
+    (out_dir / 'miou_table.txt').write_text(table + '\n')
+    summary = {'step': step_number, 'split': config.data.eval_split, 'miou': result['miou'],
+               'pixel_accuracy': result['pixel_accuracy'], 'num_pixels': result['num_pixels'],
+               'confusion': result['confusion'].tolist(),
+               'iou': dict(zip(evaluator.info.class_names,
+                               [None if np.isnan(v) else float(v) for v in result['iou']]))}
+    (out_dir / 'results.json').write_text(json.dumps(summary, indent=2) + '\n')
+  return result

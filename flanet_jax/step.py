@@ -1,0 +1,69 @@
+"""Train state and the pure train/eval step functions (jitted with shardings in train.py)."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from flanet_jax import losses, metrics
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jnp.ndarray  # raw uint32 PRNG key; dropout at step s uses fold_in(rng, s)
+
+  @property
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def init_variables(model, seed: int, image_shape):
+  """Model variables from `seed`; the spatial size of `image_shape` does not matter."""
+  return model.init({'params': jax.random.PRNGKey(seed)}, jnp.zeros(image_shape, jnp.float32),
+                    train=False)
+
+
+def create_train_state(variables, tx, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables['batch_stats'],
+                    opt_state=tx.init(variables['params']),
+                    rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
+  """One SGD step on a global batch {'image': (B,H,W,3) f32, 'label': (B,H,W) int}."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                   batch['image'], train=True, rngs={'dropout': dropout_rng},
+                                   mutable=['batch_stats'])
+    total, parts = losses.flanet_loss(outputs, batch['label'], loss_config)
+    return total, (parts, updates['batch_stats'])
+
+  (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  step_metrics = {'loss': loss, 'lr': schedule(state.step), **parts}
+  return new_state, step_metrics
+
+
+def predict(variables, images, *, model):
+  """Class map (B,H,W) int32 of the main output."""
+  main, *_ = model.apply(variables, images, train=False)
+  return jnp.argmax(main, axis=-1).astype(jnp.int32)
+
+
+def eval_step(variables, batch, *, model, num_classes: int):
+  """(predictions, confusion matrix of this global batch)."""
+  predictions = predict(variables, batch['image'], model=model)
+  return predictions, metrics.confusion_matrix(predictions, batch['label'], num_classes)
+

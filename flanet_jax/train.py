@@ -1,0 +1,160 @@
+"""The training loop: data -> jitted data-parallel step -> metrics -> checkpoint -> eval."""
+
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from flanet_jax import checkpoint, data, metrics, optim, parallel, step
+from flanet_jax.data import pipeline, transforms
+from flanet_jax.evaluate import Evaluator
+from flanet_jax.models import build_model
+from flanet_jax.reporting import MetricWriter
+
+
+def train_dataset(config):
+  """This host's share of the global training stream (see data/pipeline.py)."""
+  transform = functools.partial(transforms.train_transform, crop_size=tuple(config.data.crop_size),
+                                scale_range=tuple(config.data.scale_range), flip=config.data.flip)
+  return pipeline.train_dataset(data.source(config.data, config.data.train_split), transform,
+                                global_batch=config.batch_size, seed=config.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+
+
+def initial_state(config, model, mesh):
+  """Freshly initialised, replicated train state, plus the optimizer and LR schedule."""
+  replicated = parallel.replicated(mesh)
+  variables = jax.jit(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)),
+                      out_shardings=replicated)()
+  tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                      variables['params'])
+  state = jax.jit(lambda v: step.create_train_state(v, tx, config.seed),
+                  out_shardings=replicated)(variables)
+  return state, tx, schedule
+
+
+def restore_or_start(mngr, state, dataset, workers: int):
+  """(state, data iterator) at the latest checkpoint, or at step 0 when there is none."""
+  latest = mngr.latest_step()
+  if latest is None:
+    return state, pipeline.train_iterator(dataset, workers)
+  state = checkpoint.restore_state(mngr, latest, state)
+  iterator = pipeline.train_iterator(dataset, workers)
+  if not checkpoint.restore_data_iterator(mngr, latest, iterator):
+    # Saved with another process count: the stream position is the step (pipeline.py).
+    iterator = pipeline.train_iterator(dataset[latest:], workers)
+  print(f'Resumed from step {latest} in {mngr.directory}')
+  return state, iterator
+
+
+def _make_train_step(config, model, tx, schedule, mesh):
+  replicated = parallel.replicated(mesh)
+  return jax.jit(functools.partial(step.train_step, model=model, tx=tx, schedule=schedule,
+                                   loss_config=config.loss),
+                 in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def _stop_step(config) -> int:
+  if config.stop_at_step > 0:
+    return min(config.stop_at_step, config.num_train_steps)
+  return config.num_train_steps
+
+
+def _raise_nonfinite(mngr, step_number):
+  mngr.wait_until_finished()
+  raise FloatingPointError(
+      f'Non-finite loss by step {step_number}; training stopped. The last good checkpoint '
+      f'(step {mngr.latest_step()}) in {mngr.directory} is intact.')
+
+
+def _print_table(result, class_names):
+  if jax.process_index() == 0:
+    print(metrics.format_table(result, class_names))
+
+
+@dataclasses.dataclass
+class _Run:
+  """Everything the training loop works with."""
+  config: Any
+  mesh: Any
+  state: step.TrainState
+  iterator: Any
+  train_step: Any
+  evaluator: Evaluator
+  mngr: Any
+  writer: MetricWriter
+
+
+def _setup(config, workdir: pathlib.Path) -> _Run:
+  workdir.mkdir(parents=True, exist_ok=True)
+  data.prepare(config.data)
+  parallel.check_batch_size('batch_size', config.batch_size)
+  mesh = parallel.make_mesh()
+  model = build_model(config.model, config.dtype)
+  dataset = train_dataset(config)
+  evaluator = Evaluator(config, model, mesh)
+  state, tx, schedule = initial_state(config, model, mesh)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  state, iterator = restore_or_start(mngr, state, dataset, config.data.workers)
+  return _Run(config, mesh, state, iterator, _make_train_step(config, model, tx, schedule, mesh),
+              evaluator, mngr, MetricWriter(workdir, int(state.step)))
+
+
+def _train(run: _Run, start: int, stop: int) -> dict | None:
+  """Steps start+1..stop with periodic logging, checkpoints and evaluation."""
+  config, result = run.config, None
+  progress = tqdm(total=config.num_train_steps, initial=start, desc='train',
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  nonfinite = jnp.zeros((), bool)
+  window, window_start, timer = None, start, time.perf_counter()
+  for step_number in range(start + 1, stop + 1):  # the step count after this update
+    run.state, step_metrics = run.train_step(run.state, parallel.to_global(next(run.iterator),
+                                                                           run.mesh))
+    nonfinite = nonfinite | ~jnp.isfinite(step_metrics['loss'])  # no host sync
+    window = step_metrics if window is None else jax.tree.map(jnp.add, window, step_metrics)
+    progress.update(1)
+    log = step_number % config.log_every_steps == 0 or step_number == stop
+    save = step_number % config.checkpoint_every_steps == 0 or step_number == stop
+    if (log or save) and bool(nonfinite):
+      _raise_nonfinite(run.mngr, step_number)
+    if log:
+      means = {k: float(v) / (step_number - window_start)
+               for k, v in jax.device_get(window).items()}
+      means['images_per_sec'] = ((step_number - window_start) * config.batch_size /
+                                 (time.perf_counter() - timer))
+      run.writer.write(step_number, means)
+      progress.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{means["lr"]:.2e}',
+                           img_s=f'{means["images_per_sec"]:.1f}')
+      window, window_start, timer = None, step_number, time.perf_counter()
+    if save:
+      checkpoint.save(run.mngr, step_number, run.state, run.iterator)
+    if step_number % config.eval_every_steps == 0 or step_number == config.num_train_steps:
+      result = run.evaluator.run(run.state.variables)
+      run.writer.write(step_number, {'miou': result['miou'],
+                                     'pixel_accuracy': result['pixel_accuracy']})
+      timer = time.perf_counter()  # evaluation time is not training throughput
+  progress.close()
+  return result
+
+
+def train_and_evaluate(config, workdir) -> dict | None:
+  """Trains (resuming from `workdir` when it holds checkpoints); returns the last eval scores."""
+  run = _setup(config, pathlib.Path(workdir))
+  start = int(run.state.step)
+  if start >= config.num_train_steps:
+    print(f'Training already complete at step {start}; evaluating.')
+    result = run.evaluator.run(run.state.variables)
+  else:
+    result = _train(run, start, _stop_step(config))
+  run.mngr.wait_until_finished()
+  run.writer.close()
+  if result is not None:
+    _print_table(result, run.evaluator.info.class_names)
+  return result

@@ -1,0 +1,122 @@
+"""Data parallelism: 8 devices compute what 1 device computes (cross-replica BN).
+
+In float64 the two agree to float32 rounding of the parameters, which shows the computation is
+the same: BatchNorm statistics are over the global batch. In float32 the gradients of a deep
+BN network at initialisation are themselves only accurate to ~0.5% (cancelling sums in BN's
+backward pass), so there the 8-device gradients and updates are held to that accuracy,
+measured against float64, while the loss and the BN statistics agree to 1e-5.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from flanet_jax import losses, optim, parallel, step
+from flanet_jax.models import build_model
+from tests import support
+
+
+def _grads(params, batch_stats, batch, dropout_rng, *, model, loss_config):
+  def loss_fn(params):
+    outputs, _ = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'],
+                             train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    return losses.flanet_loss(outputs, batch['label'], loss_config)[0]
+  return jax.grad(loss_fn)(params)
+
+
+def _run_on(devices, model, config, variables, batch):
+  """(grads, new state, metrics) of one train step with the batch sharded over `devices`."""
+  mesh = parallel.make_mesh(devices)
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                      variables['params'])
+  state = jax.device_put(step.create_train_state(variables, tx, config.seed), replicated)
+  batch = jax.device_put(batch, sharded)
+  grads = jax.jit(functools.partial(_grads, model=model, loss_config=config.loss),
+                  in_shardings=(replicated, replicated, sharded, replicated),
+                  out_shardings=replicated)(
+                      state.params, state.batch_stats, batch,
+                      jax.random.fold_in(state.rng, state.step))
+  train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx,
+                                         schedule=schedule, loss_config=config.loss),
+                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+  new_state, metrics = train_step(state, batch)
+  return jax.device_get((grads, new_state, metrics))
+
+
+def _leaf_errors(actual, desired):
+  """{leaf: ||a - b||} and {leaf: ||b||}."""
+  diff, norm = {}, {}
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(desired)):
+    name = jax.tree_util.keystr(path)
+    diff[name] = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    norm[name] = np.linalg.norm(np.asarray(b, np.float64))
+  return diff, norm
+
+
+def _assert_close(actual, desired, rtol, rms_atol=0.0):
+  """Per leaf ||a - b|| <= rtol ||b|| + rms_atol sqrt(size) (BN biases start at 0)."""
+  diff, norm = _leaf_errors(actual, desired)
+  sizes = {jax.tree_util.keystr(p): np.size(x)
+           for p, x in jax.tree_util.tree_leaves_with_path(desired)}
+  bad = {k: (diff[k], norm[k]) for k in diff
+         if diff[k] > rtol * norm[k] + rms_atol * np.sqrt(sizes[k])}
+  assert not bad, bad
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """One train step on 1 and on 8 devices, in float32 and float64, same batch and init."""
+  config = support.tiny_config(tmp_path_factory.mktemp('unused'), batch_size=8)
+  config.model.dropout_rate = 0.0  # float64 draws other dropout masks than float32
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(8, 32, 40, 3)).astype(np.float32),
+           'label': rng.integers(0, 19, size=(8, 32, 40)).astype(np.int32)}
+  batch['label'][:, :3] = 255
+  variables = jax.device_get(step.init_variables(build_model(config.model), 0, (1, 32, 32, 3)))
+  variables['params']['attention']['gamma'] = np.float32(0.5)  # every parameter in play
+  results = {}
+  for dtype in ('float32', 'float64'):
+    with jax.enable_x64(dtype == 'float64'):
+      model = build_model(config.model, dtype)
+      for count in (1, 8):
+        results[dtype, count] = _run_on(jax.devices()[:count], model, config, variables, batch)
+  return variables, results
+
+
+def test_eight_devices_match_one_device_in_float64(runs):
+  assert jax.device_count() == 8
+  variables, results = runs
+  (grads1, state1, metrics1), (grads8, state8, metrics8) = (results['float64', 1],
+                                                            results['float64', 8])
+  assert abs(metrics8['loss'] - metrics1['loss']) <= 1e-12 * metrics1['loss']
+  _assert_close(grads8, grads1, rtol=1e-6, rms_atol=1e-9)
+  _assert_close(state8.params, state1.params, rtol=1e-6, rms_atol=1e-9)
+  _assert_close(state8.batch_stats, state1.batch_stats, rtol=1e-6)
+  # The statistics really moved: the comparison is not between two untouched states.
+  first_bn = state1.batch_stats['backbone']['bn1']['mean']
+  assert np.abs(first_bn - variables['batch_stats']['backbone']['bn1']['mean']).max() > 1e-3
+
+
+def _assert_within_float32_accuracy(tree8, tree1, reference):
+  """||t8 - t1|| per leaf is no larger than their float32 errors against float64 (+1e-6)."""
+  diff, norm = _leaf_errors(tree8, tree1)
+  error1, _ = _leaf_errors(tree1, reference)
+  error8, _ = _leaf_errors(tree8, reference)
+  for leaf in diff:
+    assert diff[leaf] <= error1[leaf] + error8[leaf] + 1e-6 * norm[leaf], leaf
+  assert max(diff[k] / norm[k] for k in diff if norm[k] > 0) < 0.02
+
+
+def test_eight_devices_match_one_device_in_float32(runs):
+  variables, results = runs
+  (grads1, state1, metrics1), (grads8, state8, metrics8) = (results['float32', 1],
+                                                            results['float32', 8])
+  assert abs(metrics8['loss'] - metrics1['loss']) <= 1e-5 * metrics1['loss']
+  _assert_close(state8.batch_stats, state1.batch_stats, rtol=1e-5)
+  grads64, state64, _ = results['float64', 1]
+  _assert_within_float32_accuracy(grads8, grads1, grads64)
+  update = lambda state: jax.tree.map(np.subtract, state.params, variables['params'])
+  _assert_within_float32_accuracy(update(state8), update(state1), update(state64))
