@@ -77,6 +77,8 @@ def batch_norm(train: bool, dtype: Dtype = jnp.float32, name: str | None = None)
   Under `jax.jit` with a batch sharded over a mesh, statistics are over the global batch
   (cross-replica / synchronised BN). Running variance uses the biased batch variance, where
   PyTorch stores the unbiased one; the two differ by n/(n-1) with n the pixels per channel.
+  The variance is computed in two passes, not as E[x^2] - E[x]^2, which loses precision
+  when |mean| >> std.
   """
   return nn.BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
