@@ -16,6 +16,7 @@ from flanet_jax.convert import (ARCHS, ConversionError, convert_file, convert_st
                                 export_state_dict)
 from flanet_jax.convert import torch_reference
 from flanet_jax.models import build_model
+from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.flanet import FLANet
 from flanet_jax.models.resnet import ResNet
 
@@ -218,6 +219,27 @@ def test_flanet_matches_official_reference_model():
   got = jax.jit(lambda v, x: model.apply(v, x, train=False))(conversion.variables, x)
   for g, w in zip(got, want):
     _assert_close(g, w)
+
+
+def test_reference_fla_block_keeps_the_original_batch_defect():
+  """Ours equals the reference per image; the reference mixes images at batch > 1."""
+  block = _randomise_(torch_reference.FullyAttentionalBlock(8), 4)
+  x = np.random.default_rng(4).normal(size=(2, 6, 4, 8)).astype(np.float32)
+  with torch.no_grad():
+    batched = _nhwc(block(_nchw(x)))
+    alone = np.concatenate([_nhwc(block(_nchw(x[i:i + 1]))) for i in range(2)])
+  t = {k: v.numpy() for k, v in block.state_dict().items()}
+  variables = {
+      'params': {'row_prior': {'kernel': t['conv1.weight'].T, 'bias': t['conv1.bias']},
+                 'col_prior': {'kernel': t['conv2.weight'].T, 'bias': t['conv2.bias']},
+                 'gamma': t['gamma'].reshape(()),
+                 'fuse': {'conv': {'kernel': t['conv.0.weight'].transpose(2, 3, 1, 0)},
+                          'bn': {'scale': t['conv.1.weight'], 'bias': t['conv.1.bias']}}},
+      'batch_stats': {'fuse': {'bn': {'mean': t['conv.1.running_mean'],
+                                      'var': t['conv.1.running_var']}}}}
+  ours = FullyAttentionalBlock(8).apply(variables, x, train=False)
+  _assert_close(ours, alone)
+  assert np.abs(batched - alone).max() > 1e-2 * np.abs(alone).max()
 
 
 def _resnet18_state_dict():
