@@ -20,6 +20,10 @@ def get_config():
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 2_000
 
+  # ImageNet deep-stem ResNet-101, converted once with
+  #   python scripts/convert_torch_weights.py resnet101-imagenet.pth weights/resnet101_deep \
+  #       --arch resnet101_deep
+  config.init_from = 'weights/resnet101_deep'
   config.model.backbone = 'resnet101'
   config.model.deep_stem = True
   config.model.attention = 'fla'

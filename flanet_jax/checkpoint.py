@@ -1,16 +1,24 @@
-"""Orbax checkpoints of a training run: the train state and the data iterator, per step.
+"""Checkpoints on disk (Orbax): training runs, and standalone model variables.
 
-`workdir/checkpoints/<step>/{state,data}`. Saves are asynchronous; a checkpoint appears only
-when complete, so an interrupted save never replaces the last good one. The train state is
-restored with the shardings of the current mesh, so a run can resume (or be evaluated) on a
-different number of devices.
+Training runs: `workdir/checkpoints/<step>/{state,data}`, the train state and the data
+iterator. Saves are asynchronous; a checkpoint appears only when complete, so an interrupted
+save never replaces the last good one. The train state is restored with the shardings of the
+current mesh, so a run can resume (or be evaluated) on a different number of devices.
+
+Model variables: `{'params', 'batch_stats'}` in one directory, written by the weight converter
+and read by `pretrained.init_from`.
 """
 
+import os
 import pathlib
+from typing import Any, Mapping
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+# --- Training runs -----------------------------------------------------------------------------
 
 
 def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -43,3 +51,41 @@ def restore_data_iterator(mngr: ocp.CheckpointManager, step: int, data_iterator)
     return False
   mngr.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
   return True
+
+
+# --- Model variables ({'params', 'batch_stats'}) as one standalone checkpoint -------------------
+# Written by scripts/convert_torch_weights.py, read by `pretrained.init_from`. Single process.
+
+VARIABLE_COLLECTIONS = ('params', 'batch_stats')
+
+
+def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> None:
+  """Writes {'params': ..., 'batch_stats': ...} to the new directory `path` (never overwrites).
+
+  Leaves are saved as host numpy arrays, so the checkpoint carries no device placement.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} already exists; refusing to overwrite it '
+                          '(choose another destination or delete it first)')
+  unknown = sorted(set(variables) - set(VARIABLE_COLLECTIONS))
+  if unknown or 'params' not in variables:
+    raise ValueError(f'expected the collections {VARIABLE_COLLECTIONS} (params required), '
+                     f'got {sorted(variables)}')
+  tree = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), dict(variables))
+  with ocp.StandardCheckpointer() as checkpointer:  # leaving the block waits for the write
+    checkpointer.save(path, tree)
+
+
+def load_variables(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads a `save_variables` checkpoint as nested dicts of numpy arrays (no device placement)."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no variables checkpoint at {path}')
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path).item_metadata.tree
+    # Abstract leaves without sharding make Orbax restore numpy arrays.
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
+    return checkpointer.restore(path, target)
+
+# --- end of model variables ----------------------------------------------------------------------

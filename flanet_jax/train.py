@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from flanet_jax import checkpoint, data, metrics, optim, parallel, step
+from flanet_jax import checkpoint, data, metrics, optim, parallel, pretrained, step
 from flanet_jax.data import pipeline, transforms
 from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
@@ -27,11 +27,24 @@ def train_dataset(config):
                                 process_count=jax.process_count())
 
 
-def initial_state(config, model, mesh):
-  """Freshly initialised, replicated train state, plus the optimizer and LR schedule."""
+def _load_pretrained(variables, path: str):
+  """Fills the backbone (or whole model) from converted weights at `config.init_from`."""
+  if not pathlib.Path(path).is_dir():
+    raise FileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch weights there '
+                            'with scripts/convert_torch_weights.py (see README)')
+  variables, report = pretrained.init_from(variables, path)
+  if jax.process_index() == 0:
+    print(report.summary())
+  return variables
+
+
+def initial_state(config, model, mesh, load_pretrained: bool = True):
+  """Initialised (and `init_from`-filled), replicated train state, optimizer and schedule."""
   replicated = parallel.replicated(mesh)
   variables = jax.jit(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)),
                       out_shardings=replicated)()
+  if config.init_from and load_pretrained:
+    variables = _load_pretrained(variables, config.init_from)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                       variables['params'])
   state = jax.jit(lambda v: step.create_train_state(v, tx, config.seed),
@@ -100,8 +113,10 @@ def _setup(config, workdir: pathlib.Path) -> _Run:
   model = build_model(config.model, config.dtype)
   dataset = train_dataset(config)
   evaluator = Evaluator(config, model, mesh)
-  state, tx, schedule = initial_state(config, model, mesh)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  # Resuming restores every variable, so converted weights are only read for a fresh run.
+  state, tx, schedule = initial_state(config, model, mesh,
+                                      load_pretrained=mngr.latest_step() is None)
   state, iterator = restore_or_start(mngr, state, dataset, config.data.workers)
   return _Run(config, mesh, state, iterator, _make_train_step(config, model, tx, schedule, mesh),
               evaluator, mngr, MetricWriter(workdir, int(state.step)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flanet_jax import checkpoint, evaluate, parallel, train
+from flanet_jax import checkpoint, evaluate, parallel, step, train
 from flanet_jax.models import build_model
 from tests import support
 
@@ -103,3 +103,25 @@ def test_unknown_config_key_is_rejected_by_the_entry_point(tmp_path):
   assert run.returncode != 0
   assert 'crop_sise' in run.stderr
   assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_init_from_fills_the_backbone_of_a_fresh_run(tiny_dataset, tmp_path):
+  config = support.tiny_config(tiny_dataset)
+  model, mesh = build_model(config.model), parallel.make_mesh()
+  donor = jax.device_get(step.init_variables(model, 123, (1, 32, 32, 3)))
+  checkpoint.save_variables(tmp_path / 'backbone', {
+      'params': donor['params']['backbone'], 'batch_stats': donor['batch_stats']['backbone']})
+  config.init_from = str(tmp_path / 'backbone')
+  state, _, _ = train.initial_state(config, model, mesh)
+  fresh, _, _ = train.initial_state(config, model, mesh, load_pretrained=False)
+
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in
+                          zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same(state.params['backbone'], donor['params']['backbone'])
+  assert same(state.batch_stats['backbone'], donor['batch_stats']['backbone'])
+  assert same(state.params['out_main'], fresh.params['out_main'])  # the head keeps its init
+  assert not same(fresh.params['backbone'], donor['params']['backbone'])
+
+  config.init_from = str(tmp_path / 'not_converted_yet')
+  with pytest.raises(FileNotFoundError, match='not_converted_yet.*convert_torch_weights'):
+    train.initial_state(config, model, mesh)
