@@ -5,7 +5,8 @@
   main       = OutputModule(512)(concat[c4, feats])
   aux1, aux2 = OutputModule(64)(c2), OutputModule(64)(c3)
 each output bilinearly resized (align_corners=True) to the input size.
-`attention='none'` keeps the head and drops the block: the Table 2 baseline.
+`attention='none'` keeps the head and drops the block: the Table 2 baseline; the other names
+are FLA and the non-local blocks of Table 3 (nonlocal_blocks.py).
 """
 
 from typing import Callable, Mapping
@@ -15,12 +16,14 @@ import jax.numpy as jnp
 
 from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear, upsample_nearest_2x
+from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
 from flanet_jax.models.resnet import ResNet
 
 # model.attention name -> block class with the interface `Block(features, dtype)(x, train)`.
 ATTENTION_BLOCKS: Mapping[str, Callable[..., nn.Module] | None] = {
     'fla': FullyAttentionalBlock,
     'none': None,
+    **NONLOCAL_BLOCKS,
 }
 
 RESNET_DEPTHS = {'resnet18': 18, 'resnet50': 50, 'resnet101': 101}
