@@ -9,12 +9,14 @@ into every other one (1x1 conv + BN + upsampling for lower resolutions, chains o
 for higher ones) and applies ReLU. W48: stage modules (1, 4, 3), 4 blocks per branch.
 
 Upsampling (fuse layers and the final concatenation) is bilinear with `align_corners=False`:
-the original release calls `F.upsample(mode='bilinear')` (PyTorch's default False), and the later
-code's `ALIGN_CORNERS` option, though True by default, is set to False in the released
-Cityscapes HRNetV2-W48 experiment. (The ImageNet classification code, hence timm, upsamples
-with nearest neighbour inside the fuse layers; ImageNet weights are fine-tuned across this.)
+the original release interpolates with mode='bilinear' and no `align_corners` (PyTorch's default,
+False), and the later code's `ALIGN_CORNERS` option, though True by default, is False in the
+released Cityscapes HRNetV2-W48 experiment. (The ImageNet classification code, hence timm,
+upsamples with nearest neighbour in the fuse layers; ImageNet weights are fine-tuned across
+this.) BatchNorm uses this project's PyTorch momentum 0.1, as timm and the later
+`seg_hrnet_ocr.py` (the first `seg_hrnet.py` used 0.01).
 
-Outputs, each at stride 4 (the resolution of branch 0), the branches concatenated after upsampling:
+Outputs, each at stride 4 (branch 0's resolution), the branches concatenated after upsampling:
   (stage2 representation W+2W, stage3 representation W+2W+4W, stage4 representation 15W),
 i.e. 720 channels for W48 -- the HRNetV2 representation -- and the two earlier ones feed FLANet's
 auxiliary heads the way ResNet's layer2 and layer3 do.
