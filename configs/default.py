@@ -5,6 +5,7 @@ assigning or overriding (`--config.key=value`) a key that does not exist raises 
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -29,6 +30,8 @@ def get_config():
   config.model.head_features = 512
   config.model.aux_features = 64
   config.model.dropout_rate = 0.1
+  # x2 upsampling before the output modules' 3x3 conv; None: on, except for HRNet (stride 4).
+  config.model.output_upsample = config_dict.placeholder(bool)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cityscapes'
