@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from flanet_jax.models.hrnet import CONFIGS, HRNet
-from torch_weights import torch_to_flax
+from tests.torch_weights import torch_to_flax
 
 # timm's classification head, not part of the HRNetV2 backbone.
 _HEAD_PREFIXES = ('incre_modules', 'downsamp_modules', 'final_layer', 'classifier')

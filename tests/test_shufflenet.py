@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from flanet_jax.models.shufflenet import ShuffleNetV2
-from torch_weights import torch_to_flax
+from tests.torch_weights import torch_to_flax
 
 # (strides, dilations) of the depthwise convs of stage3 and stage4, as in shufflenet.py.
 _STAGE34 = {8: ((1, 1), (2, 4)), 16: ((2, 1), (1, 2)), 32: ((2, 2), (1, 1))}
