@@ -194,7 +194,7 @@ def test_every_arch_round_trips_flax_to_pytorch_to_flax(arch):
   rng = np.random.default_rng(0)
   template = ARCHS[arch].template({'conv_out1.conv.5.bias': np.zeros(4)})
   variables = traverse_util.unflatten_dict(
-      {k: rng.normal(size=s.shape).astype(np.float32) for k, s in template.items()})
+      {k: rng.standard_normal(s.shape, np.float32) for k, s in template.items()})
   for naming in ARCHS[arch].namings:
     state_dict = export_state_dict(variables, arch, naming)
     conversion = convert_state_dict(state_dict, arch)
