@@ -92,6 +92,17 @@ def torch_key(path: tuple[str, ...], module_name: Callable[[tuple[str, ...]], st
   return f'{module}.{name}' if module else name
 
 
+def indexed_module_name(path: tuple[str, ...], renames: Mapping[str, str] | None = None) -> str:
+  """('stage3_2', 'branches_1_3', 'conv1') -> 'stage3.2.branches.1.3.conv1'.
+
+  The mechanical rule of models/hrnet.py and models/shufflenet.py: the numeric indices that follow
+  a PyTorch module name (Sequential/ModuleList positions) are joined to it with '_' in Flax.
+  `renames` maps whole Flax names first (e.g. 'downsample_conv' -> 'downsample_0').
+  """
+  renames = renames or {}
+  return '.'.join(re.sub(r'_(?=\d+(?:_|$))', '.', renames.get(name, name)) for name in path)
+
+
 def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   """The PyTorch shape of a Flax leaf of `shape`."""
   if leaf == 'kernel' and len(shape) == 4:  # HWIO -> OIHW
