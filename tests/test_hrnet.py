@@ -1,4 +1,5 @@
-"""HRNetV2 against timm's HRNet (same layers and PyTorch keys as the official code)."""
+"""HRNetV2 against timm's HRNet (same layers and PyTorch keys as the official code), with the
+weights carried over by the converter (`--arch hrnet_w*`)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,41 +9,46 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from flanet_jax.convert import ConversionError, convert_state_dict
 from flanet_jax.models.hrnet import CONFIGS, HRNet
-from tests.torch_weights import torch_to_flax
+from tests.support import randomise_batch_norms_
 
-# timm's classification head, not part of the HRNetV2 backbone.
-_HEAD_PREFIXES = ('incre_modules', 'downsamp_modules', 'final_layer', 'classifier')
-
-
-def _backbone_state_dict(model):
-  return {k: v for k, v in model.state_dict().items() if not k.startswith(_HEAD_PREFIXES)}
-
-
-def _shapes(tree):
-  return jax.tree.map(lambda a: tuple(a.shape), tree)
+# timm's (and the official ImageNet code's) classification head, not part of the HRNetV2 backbone.
+_HEAD_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.', 'classifier.')
 
 
 @pytest.mark.parametrize('name', ['hrnet_w18_small', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48'])
-def test_parameters_convert_key_by_key_from_timm(name):
-  """Every timm key maps to our variable of the same shape by the rule in hrnet.py, and back."""
-  reference = torch_to_flax(_backbone_state_dict(timm.create_model(name)))
-  variables = jax.eval_shape(lambda: HRNet(**CONFIGS[name]).init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-  assert _shapes(variables) == _shapes(reference)
+def test_timm_checkpoint_converts_key_by_key(name):
+  """Every timm backbone key lands on our variable of the same shape (the converter is strict:
+  nothing missing, nothing extra), and exactly the classification head is dropped and reported."""
+  state_dict = timm.create_model(name).state_dict()
+  conversion = convert_state_dict(state_dict, name)
+  head = [k for k in state_dict
+          if k.startswith(_HEAD_PREFIXES) and not k.endswith('num_batches_tracked')]
+  assert 'classifier.weight' in head and sorted(conversion.ignored) == sorted(head)
+  assert f'dropped {len(head)} keys: ' in conversion.summary()
+  backbone_keys = [k for k in state_dict
+                   if not k.startswith(_HEAD_PREFIXES) and not k.endswith('num_batches_tracked')]
+  assert len(jax.tree.leaves(conversion.variables)) == len(backbone_keys)
   if name == 'hrnet_w48':  # the HRNetV2-W48 backbone (HRNet-W48-C without its head)
-    assert sum(a.size for a in jax.tree.leaves(variables['params'])) == 65_325_120
+    assert sum(a.size for a in jax.tree.leaves(conversion.variables['params'])) == 65_325_120
 
 
-def _randomise_bn(model, generator):
-  """Non-trivial eval-mode BatchNorms, so that a misplaced BN cannot go unnoticed."""
-  for module in model.modules():
-    if isinstance(module, torch.nn.BatchNorm2d):
-      channels = module.num_features
-      module.running_mean.copy_(0.1 * torch.randn(channels, generator=generator))
-      module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-      module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
-      module.bias.data.copy_(0.1 * torch.randn(channels, generator=generator))
+def test_missing_extra_and_misshapen_keys_abort_with_one_error():
+  state_dict = timm.create_model('hrnet_w18_small').state_dict()
+  del state_dict['stage4.0.branches.3.1.bn2.running_var']
+  state_dict['stage4.1.fuse_layers.0.1.0.weight'] = torch.zeros(16, 32, 1, 1)  # no 2nd module
+  state_dict['fc.weight'] = torch.zeros(1000, 2048)  # not HRNet's classifier: unexpected
+  state_dict['transition3.3.0.0.weight'] = torch.zeros(128, 64, 1, 1)
+  with pytest.raises(ConversionError) as error:
+    convert_state_dict(state_dict, 'hrnet_w18_small')
+  message = str(error.value)
+  for expected in ('missing keys (1)', 'stage4.0.branches.3.1.bn2.running_var',
+                   'unexpected keys (2)', 'stage4.1.fuse_layers.0.1.0.weight', 'fc.weight',
+                   'keys with the wrong shape (1)',
+                   'transition3.3.0.0.weight: checkpoint (128, 64, 1, 1), expected (128, 64, 3, 3)'):
+    assert expected in message
+  assert 'classifier.weight' not in message
 
 
 def _bilinear_fuse_layers(model):
@@ -76,24 +82,27 @@ def _torch_representations(model, images):
   return [concat(xs).permute(0, 2, 3, 1).numpy() for xs in stage_outputs]
 
 
-def test_forward_matches_timm_with_bilinear_fusion():
-  size = (64, 96)  # multiples of 32, H != W
-  generator = torch.Generator().manual_seed(0)
-  model = timm.create_model('hrnet_w18_small').eval()
-  with torch.no_grad():
-    _randomise_bn(model, generator)
+@pytest.mark.parametrize('name,shape', [
+    ('hrnet_w18_small', (2, 64, 96)),  # H != W, batch 2
+    ('hrnet_w48', (1, 64, 64)),  # the converted W48 itself: every module and block in place
+])
+def test_converted_features_match_timm_with_bilinear_fusion(name, shape):
+  batch, *size = shape  # multiples of 32
+  model = randomise_batch_norms_(timm.create_model(name), seed=batch)
   _bilinear_fuse_layers(model)
-  images = torch.randn(2, 3, *size, generator=generator)
+  images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
   want = _torch_representations(model, images)
+  variables = convert_state_dict(model.state_dict(), name).variables
 
-  variables = torch_to_flax(_backbone_state_dict(model))
-  model = HRNet(**CONFIGS['hrnet_w18_small'])
-  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, images.permute(0, 2, 3, 1).numpy())
-  assert [g.shape for g in got] == [w.shape for w in want]
-  assert [w.shape[-1] for w in want] == [16 + 32, 16 + 32 + 64, 16 + 32 + 64 + 128]
+  ours = HRNet(**CONFIGS[name])
+  apply = lambda v, x: ours.apply(v, x, train=False)
+  # Op by op for W48: compiling it whole takes half a minute on a CPU.
+  apply = apply if name == 'hrnet_w48' else jax.jit(apply)
+  got = apply(variables, images.permute(0, 2, 3, 1).numpy())
+  width = CONFIGS[name]['width']
+  assert [w.shape[-1] for w in want] == [3 * width, 7 * width, 15 * width]
   for g, w in zip(got, want):
-    assert np.abs(w).max() > 0.1
+    assert g.shape == w.shape and np.abs(w).max() > 0.1
     np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
 
 

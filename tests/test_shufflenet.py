@@ -1,4 +1,5 @@
-"""ShuffleNetV2 x1.0 against torchvision's `shufflenet_v2_x1_0`, plain and dilated."""
+"""ShuffleNetV2 x1.0 against torchvision's `shufflenet_v2_x1_0`, plain and dilated, with the
+weights carried over by the converter (`--arch shufflenet_v2`)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,26 +8,24 @@ import pytest
 import torch
 import torchvision
 
+from flanet_jax.convert import convert_state_dict
 from flanet_jax.models.shufflenet import ShuffleNetV2
-from tests.torch_weights import torch_to_flax
+from tests.support import randomise_batch_norms_
 
 # (strides, dilations) of the depthwise convs of stage3 and stage4, as in shufflenet.py.
 _STAGE34 = {8: ((1, 1), (2, 4)), 16: ((2, 1), (1, 2)), 32: ((2, 2), (1, 1))}
 
 
-def _backbone_state_dict(model):
-  return {k: v for k, v in model.state_dict().items() if not k.startswith('fc.')}
-
-
-def test_parameters_convert_key_by_key_from_torchvision():
+def test_torchvision_checkpoint_converts_key_by_key():
+  """Every backbone key lands on our variable of the same shape (the converter is strict);
+  the ImageNet classifier `fc` is dropped and reported."""
   model = torchvision.models.shufflenet_v2_x1_0()
-  reference = torch_to_flax(_backbone_state_dict(model))
-  variables = jax.eval_shape(lambda: ShuffleNetV2().init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-  assert jax.tree.map(lambda a: tuple(a.shape), variables) == jax.tree.map(
-      lambda a: tuple(a.shape), reference)
+  conversion = convert_state_dict(model.state_dict(), 'shufflenet_v2')
+  assert conversion.ignored == ('fc.weight', 'fc.bias')
+  assert 'dropped 2 keys: fc.weight, fc.bias' in conversion.summary()
   expected = sum(p.numel() for name, p in model.named_parameters() if not name.startswith('fc.'))
-  assert sum(a.size for a in jax.tree.leaves(variables['params'])) == expected == 1_253_604
+  assert sum(a.size for a in jax.tree.leaves(conversion.variables['params'])) == expected
+  assert expected == 1_253_604
 
 
 def _dilate(model, output_stride):
@@ -43,12 +42,7 @@ def _dilate(model, output_stride):
 @pytest.mark.parametrize('output_stride', [8, 16, 32])
 def test_forward_matches_torchvision(output_stride):
   generator = torch.Generator().manual_seed(output_stride)
-  model = torchvision.models.shufflenet_v2_x1_0().eval()
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-        module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+  model = randomise_batch_norms_(torchvision.models.shufflenet_v2_x1_0(), seed=output_stride)
   _dilate(model, output_stride)
   images = torch.randn(2, 3, 61, 70, generator=generator)
   with torch.no_grad():
@@ -57,12 +51,12 @@ def test_forward_matches_torchvision(output_stride):
     c5 = model.conv5(model.stage4(c3))
   want = [t.permute(0, 2, 3, 1).numpy() for t in (c2, c3, c5)]
 
-  got = ShuffleNetV2(output_stride).apply(
-      torch_to_flax(_backbone_state_dict(model)), images.permute(0, 2, 3, 1).numpy(),
-      train=False)
+  variables = convert_state_dict(model.state_dict(), 'shufflenet_v2').variables
+  got = ShuffleNetV2(output_stride).apply(variables, images.permute(0, 2, 3, 1).numpy(),
+                                          train=False)
   assert [g.shape[-1] for g in got] == [116, 232, 1024]
   for g, w in zip(got, want):
-    assert g.shape == w.shape
+    assert g.shape == w.shape and np.abs(w).max() > 0.1
     np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
 
 
