@@ -106,13 +106,13 @@ class _Run:
 
 
 def _setup(config, workdir: pathlib.Path) -> _Run:
-  workdir.mkdir(parents=True, exist_ok=True)
   data.prepare(config.data)
   parallel.check_batch_size('batch_size', config.batch_size)
   mesh = parallel.make_mesh()
   model = build_model(config.model, config.dtype)
-  dataset = train_dataset(config)
-  evaluator = Evaluator(config, model, mesh)
+  dataset = train_dataset(config)  # a missing or inconsistent dataset fails here,
+  evaluator = Evaluator(config, model, mesh)  # before anything is written
+  workdir.mkdir(parents=True, exist_ok=True)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   # Resuming restores every variable, so converted weights are only read for a fresh run.
   state, tx, schedule = initial_state(config, model, mesh,
