@@ -31,15 +31,21 @@ def get_config():
   config.model.dropout_rate = 0.1
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'cityscapes'
+  config.data.name = 'cityscapes'  # 'cityscapes', 'ade20k' or 'voc' (README: layouts, roots)
   config.data.root = 'data/cityscapes'
-  config.data.train_split = 'train'
+  config.data.train_split = 'train'  # VOC: 'trainaug' after scripts/prepare_voc_aug.py
   config.data.eval_split = 'val'
   config.data.crop_size = (768, 768)  # (height, width)
-  config.data.scale_range = (0.5, 2.0)  # random rescale ratio of the original image size
+  # Random resize (mmseg RandomResize, keep ratio): fit the image inside base_size * ratio,
+  # ratio uniform in scale_range. base_size is (long, short) edge: Cityscapes (2048, 1024),
+  # ADE20K and VOC (2048, 512); () scales the image's own size by the ratio.
+  config.data.base_size = (2048, 1024)
+  config.data.scale_range = (0.5, 2.0)
+  config.data.cat_max_ratio = 0.75  # redraw crops where one class exceeds this (1.0: off)
   config.data.flip = True
+  config.data.photometric = True  # mmseg PhotoMetricDistortion (brightness, contrast, HSV)
   config.data.workers = 4  # grain worker processes per host (0: in the main process)
-  config.data.eval_batch_size = 8  # global; the last batch is padded and masked
+  config.data.eval_batch_size = 8  # global; one image per device suits mixed sizes best
   config.data.generate_if_missing = False  # synthetic data only: write it on first use
 
   config.optimizer = ml_collections.ConfigDict()

@@ -19,9 +19,8 @@ from flanet_jax.reporting import MetricWriter
 
 def train_dataset(config):
   """This host's share of the global training stream (see data/pipeline.py)."""
-  transform = functools.partial(transforms.train_transform, crop_size=tuple(config.data.crop_size),
-                                scale_range=tuple(config.data.scale_range), flip=config.data.flip)
-  return pipeline.train_dataset(data.source(config.data, config.data.train_split), transform,
+  return pipeline.train_dataset(data.source(config.data, config.data.train_split),
+                                transforms.from_config(config.data),
                                 global_batch=config.batch_size, seed=config.seed,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())

@@ -53,8 +53,9 @@ def test_image_without_label_is_a_clear_error(tmp_path, tiny_dataset):
 
 
 def _transform():
-  return functools.partial(transforms.train_transform, crop_size=(24, 24),
-                           scale_range=(0.5, 2.0), flip=True)
+  return functools.partial(transforms.train_transform, crop_size=(24, 24), base_size=(),
+                           scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
+                           photometric=True)
 
 
 def _global_batches(source, processes, steps, global_batch=4, start=0):
