@@ -66,8 +66,19 @@ def get_config():
   config.loss.aux_weights = (0.4, 0.4)  # aux1 (layer2), aux2 (layer3)
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.checkpoint_step = -1  # --mode eval: -1 restores the latest checkpoint
+  config.eval.checkpoint_step = -1  # --mode eval/export: -1 restores the latest checkpoint
   config.eval.num_prediction_images = 8  # colourised prediction PNGs written by --mode eval
+  # Inference (flanet_jax/inference.py); the paper's MS+F: multi_scale and flip True.
+  config.eval.mode = 'whole'  # 'whole' image, or 'slide': crop_size windows, logits averaged
+  config.eval.crop_size = (768, 768)  # slide windows (height, width)
+  config.eval.stride = (512, 512)  # slide step; the last window is aligned to the border
+  config.eval.multi_scale = False  # average softmax over `scales` (ratios of the image size)
+  config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  config.eval.flip = False  # also average the horizontally flipped image
+  # Images of one step are padded to a shared canvas; rounding it up to a multiple of this
+  # bounds the number of compiled shapes on datasets of many sizes (ADE20K, VOC).
+  config.eval.size_divisor = 1
+  config.eval.export_split = 'test'  # --mode export: the split to predict (Cityscapes server)
 
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed
