@@ -112,7 +112,8 @@ def test_label_value_outside_the_dataset(layout):
   else:
     Image.fromarray(stored).save(label)
   source = layout.source()
-  with pytest.raises(ValueError, match=rf'Label {re.escape(str(label))} has values \[{bad}\] outside'):
+  where = rf'Label {re.escape(str(label))} has values \[{bad}\] outside'
+  with pytest.raises(ValueError, match=where):
     source[0]
   stored[3, 5] = 255  # the ignore value is valid everywhere
   Image.fromarray(stored).save(label)

@@ -28,8 +28,9 @@ def test_ade20k_reads_images_and_reduces_zero_label(ade_root):
   stored_values = set()
   for i in range(3):
     example = source[i]
-    stored = np.asarray(Image.open(ade_root / 'annotations' / 'validation' / f'{source.name(i)}.png'))
-    image = np.asarray(Image.open(ade_root / 'images' / 'validation' / f'{source.name(i)}.jpg'))
+    name = source.name(i)
+    stored = np.asarray(Image.open(ade_root / 'annotations' / 'validation' / f'{name}.png'))
+    image = np.asarray(Image.open(ade_root / 'images' / 'validation' / f'{name}.jpg'))
     np.testing.assert_array_equal(example['image'], image)
     # mmseg reduce_zero_label: 0 ("other") -> 255, k -> k - 1.
     want = np.where(stored == 0, 255, stored.astype(int) - 1)

@@ -1,4 +1,4 @@
-"""Multi-scale + flip + sliding-window evaluation of a real (tiny) FLANet, sharded over 8 devices."""
+"""Multi-scale + flip + sliding windows with a real (tiny) FLANet, sharded over 8 devices."""
 
 import functools
 

@@ -34,7 +34,8 @@ def read_sbd_label(path: pathlib.Path) -> np.ndarray:
     raise ValueError(f'Cannot read SBD label {path}: {error!r}') from error
 
 
-def _label_for(image_id: str, voc_root, sbd_root, voc_train: set) -> tuple[np.ndarray, pathlib.Path]:
+def _label_for(image_id: str, voc_root, sbd_root, voc_train: set):
+  """(label, its path): VOC's own annotation for VOC train ids, else SBD's."""
   if image_id in voc_train:
     path = voc.label_dir(voc_root, 'train') / f'{image_id}.png'
     return image_io.read_label(path), path
