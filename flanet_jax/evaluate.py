@@ -22,7 +22,6 @@ def sharded_predict(model, settings: inference.Settings, mesh):
   Inference is per image (BatchNorm uses its running statistics), so shard_map keeps every
   image on its device, with no communication.
   """
-
   predict = functools.partial(step.eval_step, model=model, settings=settings)
   batch = P(parallel.DATA_AXIS)
   # check_vma off: loop carries start replicated and become per-device; nothing is reduced.
