@@ -25,6 +25,7 @@ def tiny_config(data_root, **overrides):
   config.model.aux_features = 8
   config.data.root = str(data_root)
   config.data.crop_size = (32, 32)
+  config.data.base_size = ()  # scale the tiny images by their own size
   config.data.workers = 0
   config.data.eval_batch_size = 8
   config.optimizer.learning_rate = 0.02
