@@ -5,9 +5,12 @@ batch 8, 768x768 crops, random scale 0.5-2.0, flip, synchronised BN, ImageNet-pr
 deep-stem ResNet-101; 81.3 mIoU on val (single scale).
 Not stated in the paper, chosen here: OHEM (threshold 0.7, 100k pixels per image) on the main
 output, CE on the two auxiliary outputs with weight 0.4 each, 10x LR on the head.
+Test server (paper: 83.0): train on train+val with --config.data.train_split=train+val, then
+--mode export (--config.eval.multi_scale=True --config.eval.flip=True for MS+F).
+This recipe is the base of every other experiment config.
 """
 
-from configs import default
+from configs import backbones, default
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 
@@ -23,9 +26,7 @@ def get_config():
   # ImageNet deep-stem ResNet-101, converted once with
   #   python scripts/convert_torch_weights.py resnet101-imagenet.pth weights/resnet101_deep \
   #       --arch resnet101_deep
-  config.init_from = 'weights/resnet101_deep'
-  config.model.backbone = 'resnet101'
-  config.model.deep_stem = True
+  backbones.use_backbone(config, 'resnet101')
   config.model.attention = 'fla'
 
   config.data.name = 'cityscapes'

@@ -2,6 +2,7 @@
 
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,3 +109,20 @@ def test_registry_and_num_classes_check(name, classes, tmp_path):
   config.model.num_classes = classes + 1
   with pytest.raises(ValueError, match=f'{classes} classes'):
     data.check_num_classes(config)
+
+
+def test_joined_splits_concatenate_their_examples(tiny_dataset, tmp_path):
+  config = ml_collections.ConfigDict({'name': 'cityscapes', 'root': str(tiny_dataset)})
+  train, val = data.source(config, 'train'), data.source(config, 'val')
+  joined = data.source(config, 'train+val')
+  assert len(joined) == len(train) + len(val) and joined.labelled
+  for index, (part, offset) in [(1, (train, 1)), (len(train) + 2, (val, 2))]:
+    assert joined.name(index) == part.name(offset)
+    np.testing.assert_array_equal(joined[index]['label'], part[offset]['label'])
+  shutil.copytree(tiny_dataset / 'leftImg8bit' / 'val', tmp_path / 'leftImg8bit' / 'test')
+  shutil.copytree(tiny_dataset, tmp_path, dirs_exist_ok=True)
+  with pytest.raises(ValueError, match="'val\\+test' joins labelled and unlabelled"):
+    data.source(ml_collections.ConfigDict({'name': 'cityscapes', 'root': str(tmp_path)}),
+                'val+test')
+  with pytest.raises(FileNotFoundError, match='trainextra'):
+    data.source(config, 'train+trainextra')

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from flanet_jax.data import ade20k, cityscapes, synthetic, voc
+from flanet_jax.data.source import SegmentationSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,14 @@ def prepare(data_config) -> None:
 
 
 def source(data_config, split: str):
-  return dataset_info(data_config.name).source(data_config.root, split)
+  """The split's source; 'a+b' joins splits, e.g. Cityscapes 'train+val' for test-server runs."""
+  make = dataset_info(data_config.name).source
+  parts = [make(data_config.root, name) for name in split.split('+')]
+  if len(parts) == 1:
+    return parts[0]
+  if len({part.labelled for part in parts}) > 1:
+    raise ValueError(f'data split {split!r} joins labelled and unlabelled splits')
+  return SegmentationSource([s for part in parts for s in part.samples], parts[0].table, split)
 
 
 def check_num_classes(config) -> None:
