@@ -1,7 +1,7 @@
 """Input pipeline throughput on Cityscapes-sized images: decoding alone vs the training pipeline.
 
-  python scripts/bench_input.py [--images 8 --repeats 2 --batches 12 --workers 0 1 2 \
-      --step_time 0.5 --images_per_accelerator 1]
+  python scripts/bench_input.py [--images 8 --repeats 2 --warmup 24 --batches 16 \
+      --workers 0 1 2 --step_times 0.25 0.5 1.0 --images_per_accelerator 1]
 
 Writes synthetic 1024x2048 scenes (PNG image + labelIds, like leftImg8bit/gtFine) to a
 temporary folder, then measures images/s of
@@ -10,9 +10,10 @@ temporary folder, then measures images/s of
              crop, flip, photometric distortion, normalise), one process;
   pipeline:  the grain training pipeline (shuffle, seeded transforms, batches of 8) with
              N worker processes (0: in the main process, with grain's reader threads),
-             timed after the first batch (start-up is not throughput).
-It prints a Markdown table and how many workers feed one accelerator that consumes
-`images_per_accelerator` images every `step_time` seconds.
+             in steady state: grain's threads compute up to 16 batches ahead, so the first
+             `--warmup` batches (start-up and that burst) are not timed.
+It prints a Markdown table and how many cores (workers) feed one accelerator that consumes
+`images_per_accelerator` images per step, for a few step times.
 """
 
 import argparse
@@ -55,11 +56,13 @@ def images_per_second(function, count: int) -> float:
   return count / (time.perf_counter() - start)
 
 
-def pipeline_images_per_second(source, workers: int, batches: int, batch: int = 8) -> float:
+def pipeline_images_per_second(source, workers: int, warmup: int, batches: int,
+                               batch: int = 8) -> float:
   dataset = pipeline.train_dataset(source, paper_transform(), global_batch=batch, seed=0,
                                    process_index=0, process_count=1)
   iterator = pipeline.train_iterator(dataset, workers)
-  next(iterator)  # start-up is not throughput
+  for _ in range(warmup):
+    next(iterator)
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
@@ -70,9 +73,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--images', type=int, default=8, help='distinct images written')
   parser.add_argument('--repeats', type=int, default=2, help='passes over them (decode)')
-  parser.add_argument('--batches', type=int, default=12, help='batches of 8 (pipeline)')
+  parser.add_argument('--warmup', type=int, default=24, help='untimed batches (pipeline)')
+  parser.add_argument('--batches', type=int, default=16, help='timed batches of 8 (pipeline)')
   parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
-  parser.add_argument('--step_time', type=float, default=0.5,
+  parser.add_argument('--step_times', type=float, nargs='+', default=[0.25, 0.5, 1.0],
                       help='seconds per training step on one accelerator')
   parser.add_argument('--images_per_accelerator', type=int, default=1,
                       help='images per accelerator per step (paper: 8 over 8 GPUs)')
@@ -88,15 +92,16 @@ def main():
                 lambda i: paper_transform()(source[i % len(source)], rng), count))]
     for workers in args.workers:
       rows.append((f'grain pipeline, workers={workers}',
-                   pipeline_images_per_second(source, workers, args.batches)))
-  need = args.images_per_accelerator / args.step_time
+                   pipeline_images_per_second(source, workers, args.warmup, args.batches)))
   print('| measure | images/s |\n| --- | --- |')
   for name, rate in rows:
     print(f'| {name} | {rate:.2f} |')
   per_core = rows[1][1]
-  print(f'\nOne accelerator consumes {need:.2f} images/s ({args.images_per_accelerator} per '
-        f'{args.step_time} s step): {math.ceil(need / per_core)} worker(s) at '
-        f'{per_core:.2f} images/s per core.')
+  print(f'\nCores (workers) one accelerator needs at {args.images_per_accelerator} image(s) '
+        f'per step, at {per_core:.2f} images/s per core (decode + transform):')
+  for step_time in args.step_times:
+    need = args.images_per_accelerator / step_time
+    print(f'- {step_time} s/step: {need:.2f} images/s -> {math.ceil(need / per_core)}')
 
 
 if __name__ == '__main__':
