@@ -16,7 +16,8 @@ def pixel_cross_entropy(logits, labels):
   """Per-pixel CE (0 where ignored) and the valid mask. logits (B,H,W,K), labels (B,H,W)."""
   valid = labels != IGNORE_INDEX
   safe_labels = jnp.where(valid, labels, 0)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
+                                 axis=-1)
   ce = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
   return jnp.where(valid, ce, 0.0), valid
 

@@ -20,8 +20,8 @@ from flanet_jax.models.layers import ConvBN, Dtype, torch_default_bias_init, tor
 
 
 def _softmax(energy):
-  """Softmax over the last axis, in float32 whatever the compute dtype."""
-  return jax.nn.softmax(energy.astype(jnp.float32), axis=-1).astype(energy.dtype)
+  """Softmax over the last axis in float32 at least (float64 stays float64)."""
+  return jax.nn.softmax(energy.astype(jnp.promote_types(energy.dtype, jnp.float32)), axis=-1).astype(energy.dtype)
 
 
 def full_attention(x, row_prior, col_prior):

@@ -72,7 +72,8 @@ def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype)
 
 
 class FLANet(nn.Module):
-  """Returns (main, aux1, aux2) logits of shape (B, H, W, num_classes), float32."""
+  """Returns (main, aux1, aux2) logits of shape (B, H, W, num_classes), float32 (float64 if
+  the compute dtype is)."""
   num_classes: int
   backbone: str = 'resnet101'
   attention: str = 'fla'
@@ -106,7 +107,8 @@ class FLANet(nn.Module):
     def output(x, mid, name):
       logits = OutputModule(mid, self.num_classes, self.dropout_rate, upsample, self.dtype,
                             name=name)(x, train)
-      return resize_bilinear(logits.astype(jnp.float32), size)
+      # float32 at least: bf16 logits are widened, float64 ones (x64 tests) are kept.
+      return resize_bilinear(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), size)
 
     main = output(jnp.concatenate([c4, feats.astype(c4.dtype)], axis=-1),
                   self.head_features, 'out_main')

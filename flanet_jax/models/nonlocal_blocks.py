@@ -28,8 +28,8 @@ from flanet_jax.models.layers import Conv, ConvBN, Dtype, batch_norm
 
 
 def _softmax(energy, axis=-1):
-  """Softmax in float32 whatever the compute dtype."""
-  return jax.nn.softmax(energy.astype(jnp.float32), axis=axis).astype(energy.dtype)
+  """Softmax in float32 at least (float64 stays float64)."""
+  return jax.nn.softmax(energy.astype(jnp.promote_types(energy.dtype, jnp.float32)), axis=axis).astype(energy.dtype)
 
 
 def _conv1x1(x, features, dtype, name):
