@@ -42,9 +42,10 @@ class OutputModule(nn.Module):
     return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
 
 
-def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype) -> nn.Module:
+def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
+                   remat: bool = False) -> nn.Module:
   if name in RESNET_DEPTHS:
-    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, name='backbone')
+    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, name='backbone')
   raise ValueError(f'Unknown backbone {name!r}; choose one of {sorted(RESNET_DEPTHS)}')
 
 
@@ -58,6 +59,8 @@ class FLANet(nn.Module):
   head_features: int = 512
   aux_features: int = 64
   dropout_rate: float = 0.1
+  fla_chunk_size: int = 0  # > 0: FLA attention this many rows/columns at a time (fla.py)
+  remat: bool = False  # rematerialise the backbone's residual blocks (resnet.py)
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -67,13 +70,15 @@ class FLANet(nn.Module):
                        f'{sorted(ATTENTION_BLOCKS)}')
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
-                                self.dtype)(images, train)
+                                self.dtype, self.remat)(images, train)
 
     feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv1')(c4, train)
     feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv2')(feats, train)
     block = ATTENTION_BLOCKS[self.attention]
     if block is not None:
-      feats = block(self.head_features, dtype=self.dtype, name='attention')(feats, train)
+      options = {'chunk_size': self.fla_chunk_size or None} if self.attention == 'fla' else {}
+      feats = block(self.head_features, dtype=self.dtype, name='attention', **options)(feats,
+                                                                                        train)
 
     def output(x, mid, name):
       logits = OutputModule(mid, self.num_classes, self.dropout_rate, self.dtype, name=name)(

@@ -72,11 +72,17 @@ _LAYER34 = {8: ((1, 1), (2, 4)), 16: ((2, 1), (1, 2)), 32: ((2, 2), (1, 1))}
 
 
 class ResNet(nn.Module):
-  """Returns the (layer2, layer3, layer4) feature maps."""
+  """Returns the (layer2, layer3, layer4) feature maps.
+
+  `remat`: rematerialise every residual block in the backward pass (`nn.remat`): only the
+  block inputs are kept from the forward pass, which trades training memory for recomputing
+  the blocks' forward passes. Same values and parameter names either way.
+  """
   depth: int = 101
   deep_stem: bool = True
   output_stride: int = 8
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   def _stem(self, x, train):
     if self.deep_stem:
@@ -92,6 +98,8 @@ class ResNet(nn.Module):
 
   def _layer(self, x, train, index, planes, num_blocks, strides, dilation):
     block, _ = _DEPTHS[self.depth]
+    if self.remat:
+      block = nn.remat(block, static_argnums=(2,))  # (self, x, train): `train` is static
     for j in range(num_blocks):
       x = block(planes, strides if j == 0 else 1, dilation, self.dtype,
                 name=f'layer{index}_{j}')(x, train)
