@@ -5,6 +5,7 @@ assigning or overriding (`--config.key=value`) a key that does not exist raises 
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -29,21 +30,29 @@ def get_config():
   config.model.head_features = 512
   config.model.aux_features = 64
   config.model.dropout_rate = 0.1
+  # x2 upsampling before the output modules' 3x3 conv; None: on, except for HRNet (stride 4).
+  config.model.output_upsample = config_dict.placeholder(bool)
   # > 0: the FLA block computes its row/column attention this many rows (columns) at a time,
   # so only that many C x C maps exist at once (memory; on CPU also faster). 0: all at once.
   config.model.fla_chunk_size = 0
   config.model.remat = False  # recompute the backbone's residual blocks in the backward pass
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'cityscapes'
+  config.data.name = 'cityscapes'  # 'cityscapes', 'ade20k' or 'voc' (README: layouts, roots)
   config.data.root = 'data/cityscapes'
-  config.data.train_split = 'train'
+  config.data.train_split = 'train'  # VOC: 'trainaug' after scripts/prepare_voc_aug.py
   config.data.eval_split = 'val'
   config.data.crop_size = (768, 768)  # (height, width)
-  config.data.scale_range = (0.5, 2.0)  # random rescale ratio of the original image size
+  # Random resize (mmseg RandomResize, keep ratio): fit the image inside base_size * ratio,
+  # ratio uniform in scale_range. base_size is (long, short) edge: Cityscapes (2048, 1024),
+  # ADE20K and VOC (2048, 512); () scales the image's own size by the ratio.
+  config.data.base_size = (2048, 1024)
+  config.data.scale_range = (0.5, 2.0)
+  config.data.cat_max_ratio = 0.75  # redraw crops where one class exceeds this (1.0: off)
   config.data.flip = True
+  config.data.photometric = True  # mmseg PhotoMetricDistortion (brightness, contrast, HSV)
   config.data.workers = 4  # grain worker processes per host (0: in the main process)
-  config.data.eval_batch_size = 8  # global; the last batch is padded and masked
+  config.data.eval_batch_size = 8  # global; one image per device suits mixed sizes best
   config.data.generate_if_missing = False  # synthetic data only: write it on first use
 
   config.optimizer = ml_collections.ConfigDict()
@@ -64,8 +73,19 @@ def get_config():
   config.loss.aux_weights = (0.4, 0.4)  # aux1 (layer2), aux2 (layer3)
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.checkpoint_step = -1  # --mode eval: -1 restores the latest checkpoint
+  config.eval.checkpoint_step = -1  # --mode eval/export: -1 restores the latest checkpoint
   config.eval.num_prediction_images = 8  # colourised prediction PNGs written by --mode eval
+  # Inference (flanet_jax/inference.py); the paper's MS+F: multi_scale and flip True.
+  config.eval.mode = 'whole'  # 'whole' image, or 'slide': crop_size windows, logits averaged
+  config.eval.crop_size = (768, 768)  # slide windows (height, width)
+  config.eval.stride = (512, 512)  # slide step; the last window is aligned to the border
+  config.eval.multi_scale = False  # average softmax over `scales` (ratios of the image size)
+  config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  config.eval.flip = False  # also average the horizontally flipped image
+  # Images of one step are padded to a shared canvas; rounding it up to a multiple of this
+  # bounds the number of compiled shapes on datasets of many sizes (ADE20K, VOC).
+  config.eval.size_divisor = 1
+  config.eval.export_split = 'test'  # --mode export: the split to predict (Cityscapes server)
 
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed

@@ -24,6 +24,7 @@ def get_config():
   config.data.root = 'data/synthetic_cityscapes'
   config.data.generate_if_missing = True
   config.data.crop_size = (64, 64)
+  config.data.base_size = ()  # ratios of the small synthetic images' own size
   config.data.scale_range = (0.5, 1.0)
   config.data.workers = 0
   config.data.eval_batch_size = 8

@@ -3,44 +3,78 @@
 import functools
 import json
 import pathlib
+from typing import Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from flanet_jax import checkpoint, data, metrics, optim, parallel, step
+from flanet_jax import checkpoint, data, inference, metrics, optim, parallel, step
 from flanet_jax.data import pipeline
 from flanet_jax.models import build_model
 
 
-class Evaluator:
-  """Runs the model over `config.data.eval_split`; every image is counted exactly once."""
+def sharded_predict(model, settings: inference.Settings, mesh):
+  """(variables, images, sizes) -> class maps, each device predicting its own images.
 
-  def __init__(self, config, model, mesh):
+  Inference is per image (BatchNorm uses its running statistics), so shard_map keeps every
+  image on its device, with no communication.
+  """
+  predict = functools.partial(step.eval_step, model=model, settings=settings)
+  batch = P(parallel.DATA_AXIS)
+  # check_vma off: loop carries start replicated and become per-device; nothing is reduced.
+  return jax.shard_map(predict, mesh=mesh, in_specs=(P(), batch, batch), out_specs=batch,
+                       check_vma=False)
+
+
+class Evaluator:
+  """Runs inference over a split (default `data.eval_split`); every image counted once."""
+
+  def __init__(self, config, model, mesh, split: str | None = None):
+    data.check_num_classes(config)
     self.config, self.mesh = config, mesh
     self.info = data.dataset_info(config.data.name)
-    self.source = data.source(config.data, config.data.eval_split)
+    self.split = split or config.data.eval_split
+    self.source = data.source(config.data, self.split)
     self.num_classes = config.model.num_classes
     parallel.check_batch_size('data.eval_batch_size', config.data.eval_batch_size)
-    self._step = jax.jit(
-        functools.partial(step.eval_step, model=model, num_classes=self.num_classes),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+    settings = inference.Settings.from_config(config.eval)
+    self._predict = jax.jit(sharded_predict(model, settings, mesh))
+    self._confusion = jax.jit(
+        functools.partial(metrics.confusion_matrix, num_classes=self.num_classes),
+        out_shardings=parallel.replicated(mesh))
+
+  def _batches(self, variables) -> Iterator[tuple[dict, list[int], jax.Array]]:
+    """(global batch, this host's source indices, global class maps) per step."""
+    batches = pipeline.eval_batches(self.source, global_batch=self.config.data.eval_batch_size,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count(),
+                                    size_divisor=self.config.eval.size_divisor)
+    for host_batch, indices in batches:
+      batch = parallel.to_global(host_batch, self.mesh)
+      yield batch, indices, self._predict(variables, batch['image'], batch['size'])
+
+  def _host_local(self, class_maps: jax.Array, count: int) -> np.ndarray:
+    local = multihost_utils.global_array_to_host_local_array(
+        class_maps, self.mesh, P(parallel.DATA_AXIS))
+    return np.asarray(local)[:count]
+
+  def predictions(self, variables) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(source indices, class maps on the padded canvas) of this host's images, per step."""
+    for _, indices, class_maps in self._batches(variables):
+      yield indices, self._host_local(class_maps, len(indices))
 
   def run(self, variables, on_predictions=None) -> dict:
     """Scores of `variables`; `on_predictions(source_indices, class_maps)` sees this host's."""
+    if not self.source.labelled:
+      raise ValueError(f'Split {self.split!r} has no labels to score; use --mode export')
     confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
-    batches = pipeline.eval_batches(self.source, global_batch=self.config.data.eval_batch_size,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count())
-    for batch, indices in batches:
-      predictions, batch_confusion = self._step(variables, parallel.to_global(batch, self.mesh))
-      confusion += np.asarray(batch_confusion)
+    for batch, indices, class_maps in self._batches(variables):
+      confusion += np.asarray(self._confusion(class_maps, batch['label']))
       if on_predictions is not None and indices:
-        local = multihost_utils.global_array_to_host_local_array(
-            predictions, self.mesh, jax.sharding.PartitionSpec(parallel.DATA_AXIS))
-        on_predictions(indices, np.asarray(local)[:len(indices)])
+        on_predictions(indices, self._host_local(class_maps, len(indices)))
     return metrics.scores(confusion)
 
 
@@ -51,9 +85,8 @@ def colourise(class_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return lookup[class_map.astype(np.uint8)]
 
 
-def _new_output_dir(workdir: pathlib.Path, step_number: int) -> pathlib.Path:
-  """workdir/eval/step_N, or step_N.2, .3, ... so earlier results are never overwritten."""
-  base = workdir / 'eval' / f'step_{step_number}'
+def new_output_dir(base: pathlib.Path) -> pathlib.Path:
+  """`base`, or base.2, .3, ... if taken, so earlier results are never overwritten."""
   path, suffix = base, 1
   while path.exists():
     suffix += 1
@@ -91,7 +124,7 @@ def evaluate(config, workdir) -> dict:
   model = build_model(config.model, config.dtype)
   step_number, variables = restore_variables(config, workdir, model, mesh)
   evaluator = Evaluator(config, model, mesh)
-  out_dir = _new_output_dir(workdir, step_number)
+  out_dir = new_output_dir(workdir / 'eval' / f'step_{step_number}')
   (out_dir / 'predictions').mkdir(parents=True)
 
   def save_pngs(indices, class_maps):
@@ -106,7 +139,11 @@ def evaluate(config, workdir) -> dict:
   if jax.process_index() == 0:
     print(f'Checkpoint step {step_number}, split {config.data.eval_split!r}:\n{table}')
     (out_dir / 'miou_table.txt').write_text(table + '\n')
+    settings = inference.Settings.from_config(config.eval)
     summary = {'step': step_number, 'split': config.data.eval_split, 'miou': result['miou'],
+               'inference': {'mode': settings.mode, 'scales': settings.scales,
+                             'flip': settings.flip, 'crop_size': settings.crop_size,
+                             'stride': settings.stride},
                'pixel_accuracy': result['pixel_accuracy'], 'num_pixels': result['num_pixels'],
                'confusion': result['confusion'].tolist(),
                'iou': dict(zip(evaluator.info.class_names,

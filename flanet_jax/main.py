@@ -1,6 +1,6 @@
-"""Entry point: flags only. The work is in train.py and evaluate.py.
+"""Entry point: flags only. The work is in train.py, evaluate.py and export.py.
 
-  python -m flanet_jax.main --config configs/demo.py --workdir /tmp/demo [--mode train|eval]
+  python -m flanet_jax.main --config configs/demo.py --workdir /tmp/demo [--mode train|eval|export]
   python -m flanet_jax.main --config configs/cityscapes_r101.py --workdir DIR \
       --config.data.root=/data/cityscapes --config.batch_size=16
 """
@@ -8,13 +8,15 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flanet_jax import evaluate, parallel, train
+from flanet_jax import evaluate, export, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (resumes if possible) or eval.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+                  'train (resumes if possible), eval (scores eval.checkpoint_step on '
+                  'data.eval_split) or export (PNGs of eval.export_split for a test server).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -27,8 +29,10 @@ def main(argv):
   parallel.initialize_distributed(config.distributed)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
-  else:
+  elif FLAGS.mode == 'eval':
     evaluate.evaluate(config, FLAGS.workdir)
+  else:
+    export.export(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flanet_jax import losses, metrics
+from flanet_jax import inference, losses
 
 
 @flax.struct.dataclass
@@ -56,14 +56,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
   return new_state, step_metrics
 
 
-def predict(variables, images, *, model):
-  """Class map (B,H,W) int32 of the main output."""
-  main, *_ = model.apply(variables, images, train=False)
-  return jnp.argmax(main, axis=-1).astype(jnp.int32)
-
-
-def eval_step(variables, batch, *, model, num_classes: int):
-  """(predictions, confusion matrix of this global batch)."""
-  predictions = predict(variables, batch['image'], model=model)
-  return predictions, metrics.confusion_matrix(predictions, batch['label'], num_classes)
-
+def eval_step(variables, images, sizes, *, model, settings):
+  """Class maps (B,H,W) int32 of a padded batch with true `sizes` (B,2); see inference.py."""
+  apply_fn = lambda x: model.apply(variables, x, train=False)[0]  # the main output
+  return inference.predict(apply_fn, images, sizes, settings)

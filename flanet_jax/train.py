@@ -19,9 +19,8 @@ from flanet_jax.reporting import MetricWriter
 
 def train_dataset(config):
   """This host's share of the global training stream (see data/pipeline.py)."""
-  transform = functools.partial(transforms.train_transform, crop_size=tuple(config.data.crop_size),
-                                scale_range=tuple(config.data.scale_range), flip=config.data.flip)
-  return pipeline.train_dataset(data.source(config.data, config.data.train_split), transform,
+  return pipeline.train_dataset(data.source(config.data, config.data.train_split),
+                                transforms.from_config(config.data),
                                 global_batch=config.batch_size, seed=config.seed,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
@@ -106,13 +105,13 @@ class _Run:
 
 
 def _setup(config, workdir: pathlib.Path) -> _Run:
-  workdir.mkdir(parents=True, exist_ok=True)
   data.prepare(config.data)
   parallel.check_batch_size('batch_size', config.batch_size)
   mesh = parallel.make_mesh()
   model = build_model(config.model, config.dtype)
-  dataset = train_dataset(config)
-  evaluator = Evaluator(config, model, mesh)
+  dataset = train_dataset(config)  # a missing or inconsistent dataset fails here,
+  evaluator = Evaluator(config, model, mesh)  # before anything is written
+  workdir.mkdir(parents=True, exist_ok=True)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   # Resuming restores every variable, so converted weights are only read for a fresh run.
   state, tx, schedule = initial_state(config, model, mesh,

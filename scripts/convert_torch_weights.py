@@ -3,8 +3,9 @@
   python scripts/convert_torch_weights.py resnet101-imagenet.pth weights/resnet101_deep \
       --arch resnet101_deep
 
-Strict: any missing, unexpected (bar an ImageNet `fc.*` classifier of a backbone) or
-wrongly shaped key aborts with the full list, and nothing is written. DST must not exist.
+Strict: any missing, unexpected (bar the ImageNet classifier of a backbone, which is dropped
+and listed) or wrongly shaped key aborts with the full list, and nothing is written. DST must
+not exist.
 Use the result with `init_from` in a training config, or `flanet_jax.pretrained.init_from`.
 """
 

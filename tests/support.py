@@ -25,6 +25,7 @@ def tiny_config(data_root, **overrides):
   config.model.aux_features = 8
   config.data.root = str(data_root)
   config.data.crop_size = (32, 32)
+  config.data.base_size = ()  # scale the tiny images by their own size
   config.data.workers = 0
   config.data.eval_batch_size = 8
   config.optimizer.learning_rate = 0.02
@@ -37,3 +38,19 @@ def tiny_config(data_root, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def randomise_batch_norms_(model, seed: int):
+  """Random BatchNorm2d affine parameters and running statistics (never PyTorch's 1/0
+  defaults), so that a misplaced BN cannot go unnoticed; returns `model` in eval mode."""
+  import torch  # pylint: disable=import-outside-toplevel  (only the PyTorch parity tests)
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        channels = module.num_features
+        module.running_mean.copy_(0.1 * torch.randn(channels, generator=generator))
+        module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+        module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+        module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
+  return model.eval()

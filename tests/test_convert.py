@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import timm
 import torch
 import torchvision
 from flax import traverse_util
@@ -194,7 +195,7 @@ def test_every_arch_round_trips_flax_to_pytorch_to_flax(arch):
   rng = np.random.default_rng(0)
   template = ARCHS[arch].template({'conv_out1.conv.5.bias': np.zeros(4)})
   variables = traverse_util.unflatten_dict(
-      {k: rng.normal(size=s.shape).astype(np.float32) for k, s in template.items()})
+      {k: rng.standard_normal(s.shape, np.float32) for k, s in template.items()})
   for naming in ARCHS[arch].namings:
     state_dict = export_state_dict(variables, arch, naming)
     conversion = convert_state_dict(state_dict, arch)
@@ -327,6 +328,21 @@ def test_cli_converts_and_refuses_bad_input_without_writing(tmp_path):
   assert result.returncode != 0 and 'missing keys' in result.stderr
   assert 'layer3.5.conv3.weight' in result.stderr
   assert not bad.exists()
+
+
+def test_cli_converts_an_hrnet_and_reports_its_dropped_classifier(tmp_path):
+  state_dict = timm.create_model('hrnet_w18_small').state_dict()
+  torch.save(state_dict, tmp_path / 'hrnet.pth')
+  dst = tmp_path / 'hrnet'
+  result = _run_cli(tmp_path / 'hrnet.pth', dst, '--arch', 'hrnet_w18_small')
+  assert result.returncode == 0, result.stderr
+  dropped = [k for k in state_dict if k.startswith(('incre_modules.', 'downsamp_modules.',
+                                                    'final_layer.', 'classifier.'))
+             and not k.endswith('num_batches_tracked')]
+  assert f'dropped {len(dropped)} keys' in result.stdout
+  assert all(k in result.stdout for k in dropped)
+  _assert_same_variables(checkpoint.load_variables(dst),
+                         convert_state_dict(state_dict, 'hrnet_w18_small').variables)
 
 
 def test_flanet_jax_works_without_torch():

@@ -14,8 +14,11 @@ from flanet_jax.data import cityscapes, pipeline, synthetic, transforms
 def test_label_id_to_train_id_follows_cityscapesscripts():
   for label_id in range(256):
     label = cs_labels.id2label.get(label_id)
-    want = label.trainId if label is not None and 0 <= label.trainId < 255 else 255
-    assert cityscapes.LABEL_ID_TO_TRAIN_ID[label_id] == want
+    if label is None:  # not a Cityscapes labelId: an error, except the ignore value
+      assert cityscapes.LABEL_TABLE[label_id] == (255 if label_id == 255 else -1)
+      continue
+    want = label.trainId if 0 <= label.trainId < 255 else 255
+    assert cityscapes.LABEL_TABLE[label_id] == want
   assert len(cityscapes.CLASS_NAMES) == 19 and cityscapes.CLASS_NAMES[13] == 'car'
   assert tuple(cityscapes.PALETTE[0]) == cs_labels.trainId2label[0].color
 
@@ -24,10 +27,10 @@ def test_reader_maps_label_ids_and_reads_real_pngs(tiny_dataset):
   source = cityscapes.CityscapesSource(str(tiny_dataset), 'val')
   assert len(source) == 6
   example = source[3]
-  image_path, label_path = source.pairs[3]
+  image_path, label_path = source.samples[3].image, source.samples[3].label
   np.testing.assert_array_equal(example['image'], np.asarray(Image.open(image_path)))
   label_ids = np.asarray(Image.open(label_path))
-  np.testing.assert_array_equal(example['label'], cityscapes.LABEL_ID_TO_TRAIN_ID[label_ids])
+  np.testing.assert_array_equal(example['label'], cityscapes.LABEL_TABLE[label_ids])
   assert set(np.unique(label_ids)) >= {synthetic.UNLABELED, synthetic.ROAD, synthetic.SKY}
   assert 255 in example['label'] and 0 in example['label']  # ignored border, road
   assert source.image_size(3) == example['label'].shape
@@ -50,8 +53,9 @@ def test_image_without_label_is_a_clear_error(tmp_path, tiny_dataset):
 
 
 def _transform():
-  return functools.partial(transforms.train_transform, crop_size=(24, 24),
-                           scale_range=(0.5, 2.0), flip=True)
+  return functools.partial(transforms.train_transform, crop_size=(24, 24), base_size=(),
+                           scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
+                           photometric=True)
 
 
 def _global_batches(source, processes, steps, global_batch=4, start=0):

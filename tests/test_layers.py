@@ -90,11 +90,12 @@ def test_upsample_nearest_matches_torch():
 
 @pytest.mark.parametrize('in_size,out_size', [((9, 13), (65, 97)), ((12, 12), (96, 96)),
                                               ((20, 30), (7, 11)), ((1, 5), (4, 9))])
-def test_resize_bilinear_matches_torch_align_corners(in_size, out_size):
+@pytest.mark.parametrize('align_corners', [True, False])
+def test_resize_bilinear_matches_torch(in_size, out_size, align_corners):
   x = np.random.default_rng(2).normal(size=(2, *in_size, 3)).astype(np.float32)
-  want = _nhwc(F.interpolate(_nchw(x), out_size, mode='bilinear', align_corners=True))
-  np.testing.assert_allclose(np.asarray(layers.resize_bilinear(x, out_size)), want,
-                             rtol=1e-5, atol=1e-5)
+  want = _nhwc(F.interpolate(_nchw(x), out_size, mode='bilinear', align_corners=align_corners))
+  got = layers.resize_bilinear(x, out_size, align_corners=align_corners)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_matches_torch_train_and_running_stats():

@@ -119,3 +119,32 @@ def test_build_model_rejects_unknown_keys_and_names():
     _abstract_init(_model(num_classes=3, backbone='resnet34'), (1, 32, 32, 3))
   with pytest.raises(ValueError, match='ccnet'):
     _abstract_init(_model(num_classes=3, attention='ccnet'), (1, 32, 32, 3))
+
+
+def test_bfloat16_compute_keeps_parameters_statistics_and_logits_in_float32():
+  images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 40, 48, 3)), jnp.float32)
+  kwargs = dict(num_classes=5, backbone='resnet18', head_features=32, aux_features=16)
+  model32 = build_model(ml_collections.ConfigDict(kwargs))
+  model16 = build_model(ml_collections.ConfigDict(kwargs), dtype='bfloat16')
+  variables = model32.init({'params': jax.random.key(0)}, images, train=False)
+  variables['params']['attention']['gamma'] = jnp.asarray(0.5)
+
+  def apply(model, params):
+    outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                   images, train=True, rngs={'dropout': jax.random.key(1)},
+                                   mutable=['batch_stats'])
+    return sum(jnp.mean(o ** 2) for o in outputs), (outputs, updates)
+
+  grad_fn = jax.jit(jax.grad(apply, argnums=1, has_aux=True), static_argnums=0)
+  grads16, (outputs16, updates16) = grad_fn(model16, variables['params'])
+  _, (outputs32, _) = grad_fn(model32, variables['params'])
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+  assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(updates16['batch_stats']))
+  for out16, out32 in zip(outputs16, outputs32):
+    assert out16.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+    assert rel < 0.05, rel  # bf16 has 8 bits of mantissa: close, not equal
+  # The bf16 program really computes in bf16 (convolutions included).
+  hlo = jax.jit(lambda p: apply(model16, p)[0]).lower(variables['params']).as_text()
+  convolutions = [line for line in hlo.splitlines() if 'stablehlo.convolution' in line]
+  assert convolutions and all(line.endswith('bf16>') for line in convolutions)

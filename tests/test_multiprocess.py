@@ -41,31 +41,39 @@ def _losses(workdir):
   return [(r['step'], r['loss']) for r in map(json.loads, lines) if 'loss' in r]
 
 
-def test_two_processes_match_one_process(tiny_dataset, tmp_path):
+def test_two_processes_match_one_process_and_resume_on_another_topology(tiny_dataset,
+                                                                        tmp_path):
   config_file = tmp_path / 'tiny.py'
   config_file.write_text(
       'from tests import support\n\n'
       'def get_config():\n'
-      f'  return support.tiny_config({str(tiny_dataset)!r}, batch_size=4, num_train_steps=2,\n'
-      '                             log_every_steps=1, checkpoint_every_steps=2, dtype="float64",\n'
+      f'  return support.tiny_config({str(tiny_dataset)!r}, batch_size=4, num_train_steps=3,\n'
+      '                             log_every_steps=1, checkpoint_every_steps=1, dtype="float64",\n'
       '                             **{"data.eval_batch_size": 4})\n')
   port = portpicker.pick_unused_port()
   distributed = [f'--config.distributed.coordinator_address=localhost:{port}',
                  '--config.distributed.num_processes=2']
-  workers = [_launch(config_file, tmp_path / 'two', 2, *distributed,
+  # Two processes with 2 devices each stop after step 2; one process with 4 devices runs on.
+  workers = [_launch(config_file, tmp_path / 'two', 2, *distributed, '--config.stop_at_step=2',
                      f'--config.distributed.process_id={i}') for i in range(2)]
   single = _launch(config_file, tmp_path / 'one', 4)
-  outputs = [_wait(p) for p in workers] + [_wait(single)]
+  for process in workers + [single]:
+    _wait(process)
+  assert [s for s, _ in _losses(tmp_path / 'two')] == [1, 2]
+  # The 2-process run resumes in a single process with 2 devices: another process and device
+  # count, so the data stream is re-positioned from the step and the state re-sharded.
+  _wait(_launch(config_file, tmp_path / 'two', 2))
 
   two, one = _losses(tmp_path / 'two'), _losses(tmp_path / 'one')
-  assert [s for s, _ in one] == [1, 2]
+  assert [s for s, _ in one] == [1, 2, 3]
   np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-10)
-  assert 'miou' in (tmp_path / 'two' / 'metrics.jsonl').read_text(), outputs[0]
+  assert 'miou' in (tmp_path / 'two' / 'metrics.jsonl').read_text()
 
+  # Both end in the same parameters.
   config = support.tiny_config(tiny_dataset)
   model, mesh = build_model(config.model), parallel.make_mesh()
   _, params_two = evaluate.restore_variables(config, tmp_path / 'two', model, mesh)
   _, params_one = evaluate.restore_variables(config, tmp_path / 'one', model, mesh)
   for a, b in zip(jax.tree.leaves(params_two), jax.tree.leaves(params_one)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
-  assert checkpoint.manager(tmp_path / 'two', keep=1, read_only=True).all_steps() == [2]
+  assert checkpoint.manager(tmp_path / 'two', keep=1, read_only=True).latest_step() == 3

@@ -4,13 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm
+import torchvision
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flanet_jax.checkpoint import save_variables
+from flanet_jax.convert import convert_state_dict
 from flanet_jax.models.flanet import FLANet
 from flanet_jax.models.resnet import ResNet
 from flanet_jax.pretrained import init_from
+from tests.support import randomise_batch_norms_
 
 _IMAGE = jnp.zeros((1, 32, 32, 3))
 
@@ -88,3 +92,25 @@ def test_sharded_variables_stay_sharded(model_variables):
   sharded = jax.device_put(model_variables, replicated)
   new, _ = init_from(sharded, _init(ResNet(18, deep_stem=False), 3))
   assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(new))
+
+
+_TORCH_BACKBONES = {'hrnet_w18_small': lambda: timm.create_model('hrnet_w18_small'),
+                    'shufflenet_v2': torchvision.models.shufflenet_v2_x1_0}
+
+
+@pytest.mark.parametrize('backbone', sorted(_TORCH_BACKBONES))
+def test_converted_backbone_fills_a_flanet_with_that_backbone(backbone):
+  torch_model = randomise_batch_norms_(_TORCH_BACKBONES[backbone](), seed=0)
+  converted = convert_state_dict(torch_model.state_dict(), backbone).variables
+  variables = _init(FLANet(num_classes=3, backbone=backbone, head_features=16, aux_features=8))
+  new, report = init_from(variables, converted)
+
+  assert report.prefix == 'backbone'
+  old, new, pre = _flat(variables), _flat(new), _flat(converted)
+  loaded = {f'{k.split("/")[0]}/backbone/{k.split("/", 1)[1]}': v for k, v in pre.items()}
+  assert set(report.initialised) == loaded.keys()
+  assert {k.split('/')[0] for k in loaded} == {'params', 'batch_stats'}
+  assert {k.split('/')[1] for k in report.not_initialised} == {
+      'head_conv1', 'head_conv2', 'attention', 'out_main', 'out_aux1', 'out_aux2'}
+  for key in old:
+    np.testing.assert_array_equal(new[key], loaded.get(key, old[key]), err_msg=key)

@@ -11,6 +11,7 @@ mismatches are collected and raised together as one `ConversionError`.
 """
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Mapping
 
@@ -53,10 +54,15 @@ class Arch:
 
   def template(self, state_dict: Mapping[str, np.ndarray]) -> dict[tuple[str, ...], Any]:
     """Flat {(collection, *module_path, leaf): ShapeDtypeStruct} of the target module."""
-    module = self.build(state_dict)
-    x = jnp.zeros((1, self.input_size, self.input_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
-    return traverse_util.flatten_dict({c: abstract[c] for c in COLLECTIONS if c in abstract})
+    return dict(_abstract_variables(self.build(state_dict), self.input_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_variables(module: nn.Module, input_size: int) -> dict[tuple[str, ...], Any]:
+  """Cached: tracing a large model takes seconds, and `export` converts its result back."""
+  x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  return traverse_util.flatten_dict({c: abstract[c] for c in COLLECTIONS if c in abstract})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,17 @@ def torch_key(path: tuple[str, ...], module_name: Callable[[tuple[str, ...]], st
   module = module_name(tuple(module_path))
   name = _LEAF_NAMES.get((collection, leaf), leaf)
   return f'{module}.{name}' if module else name
+
+
+def indexed_module_name(path: tuple[str, ...], renames: Mapping[str, str] | None = None) -> str:
+  """('stage3_2', 'branches_1_3', 'conv1') -> 'stage3.2.branches.1.3.conv1'.
+
+  The mechanical rule of models/hrnet.py and models/shufflenet.py: the numeric indices that follow
+  a PyTorch module name (Sequential/ModuleList positions) are joined to it with '_' in Flax.
+  `renames` maps whole Flax names first (e.g. 'downsample_conv' -> 'downsample_0').
+  """
+  renames = renames or {}
+  return '.'.join(re.sub(r'_(?=\d+(?:_|$))', '.', renames.get(name, name)) for name in path)
 
 
 def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:

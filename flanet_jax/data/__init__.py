@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from flanet_jax.data import cityscapes, synthetic
+from flanet_jax.data import ade20k, cityscapes, synthetic, voc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,11 +15,15 @@ class DatasetInfo:
   source: Callable  # (root, split) -> random-access source of {'image', 'label'}
   class_names: tuple
   palette: np.ndarray  # (num_classes, 3) uint8 RGB
+  submission_ids: np.ndarray  # (num_classes,) uint8: class -> value in exported PNGs
 
 
 DATASETS = {
     'cityscapes': DatasetInfo(cityscapes.CityscapesSource, cityscapes.CLASS_NAMES,
-                              cityscapes.PALETTE),
+                              cityscapes.PALETTE, cityscapes.SUBMISSION_IDS),
+    'ade20k': DatasetInfo(ade20k.ADE20KSource, ade20k.CLASS_NAMES, ade20k.PALETTE,
+                          ade20k.SUBMISSION_IDS),
+    'voc': DatasetInfo(voc.VOCSource, voc.CLASS_NAMES, voc.PALETTE, voc.SUBMISSION_IDS),
 }
 
 
@@ -43,3 +47,11 @@ def prepare(data_config) -> None:
 
 def source(data_config, split: str):
   return dataset_info(data_config.name).source(data_config.root, split)
+
+
+def check_num_classes(config) -> None:
+  """The model must predict exactly the dataset's classes."""
+  names = dataset_info(config.data.name).class_names
+  if config.model.num_classes != len(names):
+    raise ValueError(f'data.name={config.data.name!r} has {len(names)} classes, but '
+                     f'model.num_classes={config.model.num_classes}')

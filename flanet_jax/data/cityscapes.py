@@ -1,10 +1,11 @@
-"""Cityscapes in its standard on-disk layout, as a grain random-access data source.
+"""Cityscapes in its standard on-disk layout.
 
   {root}/leftImg8bit/{split}/{city}/{name}_leftImg8bit.png
-  {root}/gtFine/{split}/{city}/{name}_gtFine_labelIds.png
+  {root}/gtFine/{split}/{city}/{name}_gtFine_labelIds.png      (train, val; not read for test)
 
 Labels are stored as labelIds; they are mapped to the 19 trainIds (others -> 255, ignored)
-with the table of the official `cityscapesscripts` package.
+with the table of the official `cityscapesscripts` package. The `test` split is unlabelled
+(its public gtFine files are dummies): it is for the test-server export.
 """
 
 import pathlib
@@ -12,71 +13,55 @@ import pathlib
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 
-from flanet_jax.data import image_io
+from flanet_jax.data.source import (IGNORE_INDEX, Sample, SegmentationSource, label_table,
+                                    require_dir)
 
-IGNORE_INDEX = 255
 _TRAIN_LABELS = sorted((l for l in cs_labels.labels if 0 <= l.trainId < IGNORE_INDEX),
                        key=lambda l: l.trainId)
 CLASS_NAMES = tuple(l.name for l in _TRAIN_LABELS)
 PALETTE = np.array([l.color for l in _TRAIN_LABELS], np.uint8)  # trainId -> RGB
 TRAIN_ID_TO_LABEL_ID = np.array([l.id for l in _TRAIN_LABELS], np.uint8)
-
-
-def _label_id_to_train_id_table() -> np.ndarray:
-  table = np.full(256, IGNORE_INDEX, np.uint8)
-  for label in cs_labels.labels:
-    if 0 <= label.id < 256 and 0 <= label.trainId < IGNORE_INDEX:
-      table[label.id] = label.trainId
-  return table
-
-
-LABEL_ID_TO_TRAIN_ID = _label_id_to_train_id_table()
+SUBMISSION_IDS = TRAIN_ID_TO_LABEL_ID  # the test server reads labelIds
+# Every labelId of the dataset (0..33) is valid; those without a trainId are ignored.
+LABEL_TABLE = label_table({l.id: l.trainId if 0 <= l.trainId < IGNORE_INDEX else IGNORE_INDEX
+                           for l in cs_labels.labels if l.id >= 0})
+UNLABELLED_SPLITS = ('test',)
 IMAGE_SUFFIX = '_leftImg8bit.png'
 LABEL_SUFFIX = '_gtFine_labelIds.png'
 
 
-def image_label_pairs(root: str, split: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """Sorted (image, label) paths of a split; every image must have its label."""
+def _stems(directory: pathlib.Path, suffix: str) -> dict[str, pathlib.Path]:
+  """{'city/name': path} of the files `*/*{suffix}` under directory."""
+  return {f'{p.parent.name}/{p.name[:-len(suffix)]}': p
+          for p in sorted(directory.glob(f'*/*{suffix}'))}
+
+
+def list_samples(root: str, split: str) -> list[Sample]:
+  """Sorted samples of a split; every image must have its label and every label its image."""
   root_path = pathlib.Path(root)
+  require_dir(root_path, 'Cityscapes')
   image_dir = root_path / 'leftImg8bit' / split
+  require_dir(image_dir, f'Cityscapes {split!r} split')
+  images = _stems(image_dir, IMAGE_SUFFIX)
+  if split in UNLABELLED_SPLITS:
+    return [Sample(p.name[:-len(IMAGE_SUFFIX)], p, None) for p in images.values()]
   label_dir = root_path / 'gtFine' / split
-  for directory in (root_path, image_dir, label_dir):
-    if not directory.is_dir():
-      raise FileNotFoundError(f'Cityscapes directory not found: {directory}')
-  images = sorted(image_dir.glob(f'*/*{IMAGE_SUFFIX}'))
-  if not images:
-    raise FileNotFoundError(f'No *{IMAGE_SUFFIX} images in {image_dir}')
-  pairs = []
-  for image in images:
-    stem = image.name[:-len(IMAGE_SUFFIX)]
-    label = label_dir / image.parent.name / f'{stem}{LABEL_SUFFIX}'
-    if not label.is_file():
-      raise FileNotFoundError(f'Image {image} has no label: expected {label}')
-    pairs.append((image, label))
-  return pairs
+  require_dir(label_dir, f'Cityscapes {split!r} labels')
+  labels = _stems(label_dir, LABEL_SUFFIX)
+  for stem, image in images.items():
+    if stem not in labels:
+      raise FileNotFoundError(f'Image {image} has no label: expected '
+                              f'{label_dir / (stem + LABEL_SUFFIX)}')
+  for stem, label in labels.items():
+    if stem not in images:
+      raise FileNotFoundError(f'Label {label} has no image: expected '
+                              f'{image_dir / (stem + IMAGE_SUFFIX)}')
+  return [Sample(p.name[:-len(IMAGE_SUFFIX)], p, labels[stem]) for stem, p in images.items()]
 
 
-class CityscapesSource:
-  """Random access to {'image': uint8 (H, W, 3), 'label': uint8 (H, W) trainIds}."""
+class CityscapesSource(SegmentationSource):
+  """Cityscapes `split` (train, val, test) under `root`; labels as trainIds."""
 
   def __init__(self, root: str, split: str):
-    self.pairs = image_label_pairs(root, split)
-
-  def __len__(self) -> int:
-    return len(self.pairs)
-
-  def __getitem__(self, index: int) -> dict:
-    image_path, label_path = self.pairs[index]
-    image = image_io.read_rgb(image_path)
-    label_ids = image_io.read_label(label_path)
-    if label_ids.shape != image.shape[:2]:
-      raise ValueError(f'Label {label_path} has size {label_ids.shape}, '
-                       f'image {image_path} has {image.shape[:2]}')
-    return {'image': image, 'label': LABEL_ID_TO_TRAIN_ID[label_ids]}
-
-  def image_size(self, index: int) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    return image_io.image_size(self.pairs[index][0])
-
-  def name(self, index: int) -> str:
-    return self.pairs[index][0].name[:-len(IMAGE_SUFFIX)]
+    super().__init__(list_samples(root, split), LABEL_TABLE,
+                     f'{pathlib.Path(root) / "leftImg8bit" / split}/*/*{IMAGE_SUFFIX}')

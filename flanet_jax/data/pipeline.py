@@ -48,25 +48,37 @@ def train_iterator(dataset: grain.MapDataset, workers: int) -> grain.DatasetIter
   return iter(iterable)
 
 
-def _pad_batch(examples: list[dict], rows: int, size: tuple[int, int]) -> dict:
-  """Stacks `rows` examples padded to `size`; padding (and missing rows) is label 255."""
-  images = np.zeros((rows, *size, 3), np.float32)
-  labels = np.full((rows, *size), IGNORE_INDEX, np.int32)
+def _pad_batch(examples: list[dict], rows: int, size: tuple[int, int], labelled: bool) -> dict:
+  """Stacks `rows` examples top-left on a `size` canvas, with each one's true (height, width).
+
+  Padding (and missing rows) is image 0 and label 255; a missing row's size is the canvas.
+  """
+  batch = {'image': np.zeros((rows, *size, 3), np.float32),
+           'size': np.tile(np.array(size, np.int32), (rows, 1))}
+  if labelled:
+    batch['label'] = np.full((rows, *size), IGNORE_INDEX, np.int32)
   for i, example in enumerate(examples):
-    h, w = example['label'].shape
-    images[i, :h, :w] = normalize(example['image'])
-    labels[i, :h, :w] = example['label']
-  return {'image': images, 'label': labels}
+    h, w = example['image'].shape[:2]
+    batch['image'][i, :h, :w] = normalize(example['image'])
+    batch['size'][i] = h, w
+    if labelled:
+      batch['label'][i, :h, :w] = example['label']
+  return batch
 
 
-def eval_batches(source, *, global_batch: int, process_index: int,
-                 process_count: int) -> Iterator[tuple[dict, list[int]]]:
+def _round_up(value: int, multiple: int) -> int:
+  return -(-value // multiple) * multiple
+
+
+def eval_batches(source, *, global_batch: int, process_index: int, process_count: int,
+                 size_divisor: int = 1) -> Iterator[tuple[dict, list[int]]]:
   """Host-local eval batches covering every example exactly once across all hosts.
 
   Yields (batch, indices): `indices` are the source indices of the real examples in the batch;
   the remaining rows and the padding are label 255, so they add nothing to the metrics.
   Every host yields the same number of batches of the same shape (the largest image of the
-  global batch), as jit over a mesh requires.
+  global batch, rounded up to `size_divisor`), as jit over a mesh requires. The batch holds
+  'image', 'size' (true height, width) and, if the source is labelled, 'label'.
   """
   if global_batch % process_count:
     raise ValueError(f'eval_batch_size {global_batch} is not divisible by the '
@@ -75,7 +87,8 @@ def eval_batches(source, *, global_batch: int, process_index: int,
   for first in range(0, len(source), global_batch):
     global_indices = range(first, min(first + global_batch, len(source)))
     sizes = [source.image_size(i) for i in global_indices]
-    size = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    size = (_round_up(max(h for h, _ in sizes), size_divisor),
+            _round_up(max(w for _, w in sizes), size_divisor))
     start = first + process_index * host_batch
     indices = [i for i in range(start, start + host_batch) if i < len(source)]
-    yield _pad_batch([source[i] for i in indices], host_batch, size), indices
+    yield _pad_batch([source[i] for i in indices], host_batch, size, source.labelled), indices

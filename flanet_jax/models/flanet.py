@@ -5,7 +5,17 @@
   main       = OutputModule(512)(concat[c4, feats])
   aux1, aux2 = OutputModule(64)(c2), OutputModule(64)(c3)
 each output bilinearly resized (align_corners=True) to the input size.
-`attention='none'` keeps the head and drops the block: the Table 2 baseline.
+`attention='none'` keeps the head and drops the block: the Table 2 baseline; the other names
+are FLA and the non-local blocks of Table 3 (nonlocal_blocks.py).
+
+Backbones: dilated ResNet-18/50/101 and ShuffleNetV2 (stride 8; c4 = layer4 / conv5) and
+HRNetV2 (c2, c3, c4 = the stage 2, 3, 4 representations at stride 4; c4 has 15W channels, 720
+for W48). The authors released no HRNet head; ours is the same head on c4: the two 3x3 convs
+reduce 720 -> 512 and the block attends at stride 4. The output modules' nearest x2 upsampling
+exists to bring stride-8 features to stride 4 before their 3x3 conv; HRNet features are already
+there, so by default the HRNet output modules skip it (`output_upsample`, default per backbone).
+At 768x768, upsampling would make the W48 main module's 3x3 conv (1232 -> 512) cost 1.67
+TFLOPs at stride 2; without it, 0.42 (the ResNet-101 model's, 2560 -> 512 at stride 4: 0.87).
 """
 
 from typing import Callable, Mapping
@@ -14,16 +24,21 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flanet_jax.models.fla import FullyAttentionalBlock
+from flanet_jax.models.hrnet import CONFIGS as HRNET_CONFIGS, HRNet
 from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear, upsample_nearest_2x
+from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
 from flanet_jax.models.resnet import ResNet
+from flanet_jax.models.shufflenet import ShuffleNetV2
 
 # model.attention name -> block class with the interface `Block(features, dtype)(x, train)`.
 ATTENTION_BLOCKS: Mapping[str, Callable[..., nn.Module] | None] = {
     'fla': FullyAttentionalBlock,
     'none': None,
+    **NONLOCAL_BLOCKS,
 }
 
 RESNET_DEPTHS = {'resnet18': 18, 'resnet50': 50, 'resnet101': 101}
+BACKBONES = sorted([*RESNET_DEPTHS, *HRNET_CONFIGS, 'shufflenet_v2'])
 
 
 class OutputModule(nn.Module):
@@ -31,11 +46,13 @@ class OutputModule(nn.Module):
   mid_features: int
   num_classes: int
   dropout_rate: float = 0.1
+  upsample: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = upsample_nearest_2x(x)
+    if self.upsample:
+      x = upsample_nearest_2x(x)
     x = ConvBN(self.mid_features, 3, dtype=self.dtype, name='conv_bn')(x, train)
     # Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
@@ -44,9 +61,15 @@ class OutputModule(nn.Module):
 
 def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
                    remat: bool = False) -> nn.Module:
+  """`deep_stem` applies to ResNets, `output_stride` to ResNets and ShuffleNetV2; HRNet's
+  features are always at stride 4. `remat` rematerialises every residual block (all three)."""
   if name in RESNET_DEPTHS:
     return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, name='backbone')
-  raise ValueError(f'Unknown backbone {name!r}; choose one of {sorted(RESNET_DEPTHS)}')
+  if name in HRNET_CONFIGS:
+    return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, name='backbone')
+  if name == 'shufflenet_v2':
+    return ShuffleNetV2(output_stride, dtype, remat, name='backbone')
+  raise ValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
 
 
 class FLANet(nn.Module):
@@ -59,8 +82,9 @@ class FLANet(nn.Module):
   head_features: int = 512
   aux_features: int = 64
   dropout_rate: float = 0.1
+  output_upsample: bool | None = None  # None: x2 upsampling in the output modules unless HRNet
   fla_chunk_size: int = 0  # > 0: FLA attention this many rows/columns at a time (fla.py)
-  remat: bool = False  # rematerialise the backbone's residual blocks (resnet.py)
+  remat: bool = False  # rematerialise the backbone's residual blocks in the backward pass
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -68,6 +92,9 @@ class FLANet(nn.Module):
     if self.attention not in ATTENTION_BLOCKS:
       raise ValueError(f'Unknown attention {self.attention!r}; choose one of '
                        f'{sorted(ATTENTION_BLOCKS)}')
+    if self.fla_chunk_size < 0 or (self.fla_chunk_size and self.attention != 'fla'):
+      raise ValueError(f'model.fla_chunk_size={self.fla_chunk_size}: must be >= 0, and 0 unless '
+                       f"model.attention='fla' (got {self.attention!r})")
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
                                 self.dtype, self.remat)(images, train)
@@ -80,9 +107,13 @@ class FLANet(nn.Module):
       feats = block(self.head_features, dtype=self.dtype, name='attention', **options)(feats,
                                                                                         train)
 
+    upsample = self.output_upsample
+    if upsample is None:
+      upsample = self.backbone not in HRNET_CONFIGS
+
     def output(x, mid, name):
-      logits = OutputModule(mid, self.num_classes, self.dropout_rate, self.dtype, name=name)(
-          x, train)
+      logits = OutputModule(mid, self.num_classes, self.dropout_rate, upsample, self.dtype,
+                            name=name)(x, train)
       return resize_bilinear(logits.astype(jnp.float32), size)
 
     main = output(jnp.concatenate([c4, feats.astype(c4.dtype)], axis=-1),

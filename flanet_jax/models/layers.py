@@ -6,7 +6,7 @@ The port must reproduce the original PyTorch numerics, so:
 - convolution kernels use Kaiming normal with gain 1 (`kaiming_normal_(w, a=1)`): std 1/sqrt(fan_in);
 - Linear layers and conv biases use PyTorch's default uniform(±1/sqrt(fan_in));
 - BatchNorm uses eps 1e-5 and PyTorch momentum 0.1 (Flax momentum 0.9);
-- bilinear resizing follows `align_corners=True`.
+- bilinear resizing follows `align_corners=True` (FLANet) or `False` (HRNet's fuse layers).
 """
 
 import functools
@@ -123,6 +123,13 @@ def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def rematerialised(block, remat: bool):
+  """`block` (a module class called as `block(...)(x, train)`), wrapped in `nn.remat` if
+  `remat`: its activations are recomputed in the backward pass instead of stored, and only its
+  input is kept. `train` is static. Parameter names and values are unchanged."""
+  return nn.remat(block, static_argnums=(2,)) if remat else block  # (self, x, train)
+
+
 class Conv(nn.Module):
   """2-D convolution (NHWC, HWIO kernel) with PyTorch's symmetric padding.
 
@@ -199,17 +206,27 @@ def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
     src = np.zeros(out_size)
   else:
     src = np.arange(out_size) * (in_size - 1) / (out_size - 1)
+  return _linear_weights(src, in_size)
+
+
+def _half_pixel_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out, in) weights with align_corners=False: pixel centres, source clamped at 0 (PyTorch)."""
+  src = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+  return _linear_weights(src, in_size)
+
+
+def _linear_weights(src: np.ndarray, in_size: int) -> np.ndarray:
   lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
   frac = src - lo
-  weights = np.zeros((out_size, in_size), np.float64)
-  np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
-  np.add.at(weights, (np.arange(out_size), hi), frac)
+  weights = np.zeros((len(src), in_size), np.float64)
+  np.add.at(weights, (np.arange(len(src)), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(len(src)), hi), frac)
   return weights
 
 
-def resize_bilinear(x, size: Sequence[int]):
-  """Bilinear resize of NHWC `x` to `size` = (H, W) with `align_corners=True` semantics.
+def resize_bilinear(x, size: Sequence[int], align_corners: bool = True):
+  """Bilinear resize of NHWC `x` to `size` = (H, W), PyTorch `F.interpolate(size=...)` semantics.
 
   Separable: two small dense interpolation matrices applied with einsum, which maps to matmuls
   on accelerators and is exact to float rounding.
@@ -218,7 +235,8 @@ def resize_bilinear(x, size: Sequence[int]):
   in_h, in_w = x.shape[1], x.shape[2]
   if (in_h, in_w) == (out_h, out_w):
     return x
-  wh = jnp.asarray(_align_corners_matrix(in_h, out_h), x.dtype)
-  ww = jnp.asarray(_align_corners_matrix(in_w, out_w), x.dtype)
+  matrix = _align_corners_matrix if align_corners else _half_pixel_matrix
+  wh = jnp.asarray(matrix(in_h, out_h), x.dtype)
+  ww = jnp.asarray(matrix(in_w, out_w), x.dtype)
   x = jnp.einsum('oh,bhwc->bowc', wh, x)
   return jnp.einsum('pw,bowc->bopc', ww, x)

@@ -15,7 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2, rematerialised
 
 
 class _Block(nn.Module):
@@ -97,9 +97,7 @@ class ResNet(nn.Module):
     return max_pool_3x3_s2(nn.relu(x))
 
   def _layer(self, x, train, index, planes, num_blocks, strides, dilation):
-    block, _ = _DEPTHS[self.depth]
-    if self.remat:
-      block = nn.remat(block, static_argnums=(2,))  # (self, x, train): `train` is static
+    block = rematerialised(_DEPTHS[self.depth][0], self.remat)
     for j in range(num_blocks):
       x = block(planes, strides if j == 0 else 1, dilation, self.dtype,
                 name=f'layer{index}_{j}')(x, train)
