@@ -71,14 +71,11 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
     if strides != 1:
       raise ValueError('the per-tap kernel gradient of a k > 1 kernel needs stride 1')
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-
-    def tap(t, d_kernel):  # a loop, so one shifted copy of x exists at a time
-      shifted = jax.lax.dynamic_slice(x, (0, t // k * dilation, t % k * dilation, 0),
-                                      (batch, out_h, out_w, in_features))
-      return d_kernel.at[t].set(tap_grad(shifted))
-
-    d_kernel = jax.lax.fori_loop(0, k * k, tap,
-                                 jnp.zeros((k * k, out_features, in_features), accumulate))
+    # Unrolled, not a fori_loop: with the batch sharded each tap ends in a cross-device sum,
+    # and XLA:CPU can deadlock on collectives inside loops (8 simulated devices did).
+    d_kernel = jnp.stack([
+        tap_grad(x[:, i * dilation:i * dilation + out_h, j * dilation:j * dilation + out_w])
+        for i in range(k) for j in range(k)])
   return d_kernel.transpose(0, 2, 1).reshape(k, k, in_features, out_features).astype(x.dtype)
 
 
