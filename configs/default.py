@@ -32,6 +32,10 @@ def get_config():
   config.model.dropout_rate = 0.1
   # x2 upsampling before the output modules' 3x3 conv; None: on, except for HRNet (stride 4).
   config.model.output_upsample = config_dict.placeholder(bool)
+  # > 0: the FLA block computes its row/column attention this many rows (columns) at a time,
+  # so only that many C x C maps exist at once (memory; on CPU also faster). 0: all at once.
+  config.model.fla_chunk_size = 0
+  config.model.remat = False  # recompute the backbone's residual blocks in the backward pass
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cityscapes'  # 'cityscapes', 'ade20k' or 'voc' (README: layouts, roots)

@@ -121,18 +121,31 @@ def _setup(config, workdir: pathlib.Path) -> _Run:
               evaluator, mngr, MetricWriter(workdir, int(state.step)))
 
 
+def _all_finite(mesh):
+  """The loop's non-finite flag at its start: False, replicated like the step's metrics, so
+  that combining the two moves nothing between devices."""
+  return jax.device_put(jnp.zeros((), bool), parallel.replicated(mesh))
+
+
+def _hot_step(run: _Run, window, nonfinite):
+  """One step between log points: the next batch, the update, metrics summed on device.
+  Nothing here waits for the device or reads a value back (tests/test_hot_loop.py)."""
+  batch = parallel.to_global(next(run.iterator), run.mesh)
+  run.state, step_metrics = run.train_step(run.state, batch)
+  nonfinite = nonfinite | ~jnp.isfinite(step_metrics['loss'])
+  window = step_metrics if window is None else jax.tree.map(jnp.add, window, step_metrics)
+  return window, nonfinite
+
+
 def _train(run: _Run, start: int, stop: int) -> dict | None:
   """Steps start+1..stop with periodic logging, checkpoints and evaluation."""
   config, result = run.config, None
   progress = tqdm(total=config.num_train_steps, initial=start, desc='train',
                   disable=jax.process_index() != 0, dynamic_ncols=True)
-  nonfinite = jnp.zeros((), bool)
-  window, window_start, timer = None, start, time.perf_counter()
+  nonfinite = _all_finite(run.mesh)  # any non-finite loss so far, on device
+  window, window_start, timer = None, start, time.perf_counter()  # metrics summed since a log
   for step_number in range(start + 1, stop + 1):  # the step count after this update
-    run.state, step_metrics = run.train_step(run.state, parallel.to_global(next(run.iterator),
-                                                                           run.mesh))
-    nonfinite = nonfinite | ~jnp.isfinite(step_metrics['loss'])  # no host sync
-    window = step_metrics if window is None else jax.tree.map(jnp.add, window, step_metrics)
+    window, nonfinite = _hot_step(run, window, nonfinite)
     progress.update(1)
     log = step_number % config.log_every_steps == 0 or step_number == stop
     save = step_number % config.checkpoint_every_steps == 0 or step_number == stop

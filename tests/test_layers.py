@@ -33,6 +33,41 @@ def test_conv_matches_torch_padding(size, kernel, stride, dilation):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('size,features,kernel,stride,dilation,groups', [
+    (9, (6, 8), 1, 1, 1, 1), (9, (6, 8), 1, 2, 1, 1),  # 1x1: matmul kernel gradient
+    (8, (256, 256), 3, 1, 2, 1), (7, (260, 256), 3, 1, 1, 1),  # wide 3x3: per-tap matmuls
+    (11, (8, 8), 3, 1, 1, 1), (11, (256, 8), 3, 1, 1, 1), (11, (8, 8), 3, 2, 1, 1),  # XLA's
+    (13, (4, 8), 7, 2, 1, 1), (9, (8, 8), 3, 1, 1, 4)])
+def test_conv_gradients_match_xla_autodiff_in_float64(size, features, kernel, stride, dilation,
+                                                       groups):
+  (in_features, out_features), rng = features, np.random.default_rng(size * kernel + stride)
+  x = rng.normal(size=(2, size, size + 2, in_features))
+  w = rng.normal(size=(kernel, kernel, in_features // groups, out_features))
+  with jax.enable_x64(True):
+    reference = lambda x, w: layers._conv(x, w, stride, dilation, groups)
+    want_y, want_vjp = jax.vjp(reference, x, w)
+    d_out = rng.normal(size=want_y.shape)
+    got_y, got_vjp = jax.vjp(jax.jit(lambda x, w: layers.conv2d(x, w, stride, dilation, groups)),
+                             x, w)
+    np.testing.assert_array_equal(got_y, want_y)
+    for got, want in zip(got_vjp(d_out), want_vjp(d_out)):
+      assert got.dtype == np.float64
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize('features,kernel,stride,matmul', [
+    ((64, 16), 1, 1, True), ((64, 16), 1, 2, True), ((256, 256), 3, 1, True),
+    ((64, 256), 3, 1, False), ((256, 64), 3, 1, False), ((256, 256), 3, 2, False)])
+def test_conv_kernel_gradient_on_cpu_is_a_matmul_where_chosen(features, kernel, stride, matmul):
+  """The kernel gradient avoids XLA:CPU's slow kernel-gradient convolution where chosen."""
+  in_features, out_features = features
+  x, w = jnp.ones((2, 8, 8, in_features)), jnp.ones((kernel, kernel, in_features, out_features))
+  d_out = jnp.ones(jax.eval_shape(lambda w: layers.conv2d(x, w, stride), w).shape)
+  kernel_grad = jax.grad(lambda w: jnp.sum(layers.conv2d(x, w, stride) * d_out))
+  hlo = jax.jit(kernel_grad).lower(w).as_text(dialect='hlo')
+  assert ('convolution(' not in hlo) == matmul
+
+
 def test_conv_init_is_kaiming_normal_gain_one():
   conv = layers.Conv(256, 3)
   kernel = conv.init(jax.random.key(3), jnp.ones((1, 4, 4, 128)))['params']['kernel']

@@ -59,15 +59,16 @@ class OutputModule(nn.Module):
     return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
 
 
-def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype) -> nn.Module:
+def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
+                   remat: bool = False) -> nn.Module:
   """`deep_stem` applies to ResNets, `output_stride` to ResNets and ShuffleNetV2; HRNet's
-  features are always at stride 4."""
+  features are always at stride 4. `remat` rematerialises every residual block (all three)."""
   if name in RESNET_DEPTHS:
-    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, name='backbone')
+    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, name='backbone')
   if name in HRNET_CONFIGS:
-    return HRNet(**HRNET_CONFIGS[name], dtype=dtype, name='backbone')
+    return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, name='backbone')
   if name == 'shufflenet_v2':
-    return ShuffleNetV2(output_stride, dtype, name='backbone')
+    return ShuffleNetV2(output_stride, dtype, remat, name='backbone')
   raise ValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
 
 
@@ -83,6 +84,8 @@ class FLANet(nn.Module):
   aux_features: int = 64
   dropout_rate: float = 0.1
   output_upsample: bool | None = None  # None: x2 upsampling in the output modules unless HRNet
+  fla_chunk_size: int = 0  # > 0: FLA attention this many rows/columns at a time (fla.py)
+  remat: bool = False  # rematerialise the backbone's residual blocks in the backward pass
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -90,15 +93,20 @@ class FLANet(nn.Module):
     if self.attention not in ATTENTION_BLOCKS:
       raise ValueError(f'Unknown attention {self.attention!r}; choose one of '
                        f'{sorted(ATTENTION_BLOCKS)}')
+    if self.fla_chunk_size < 0 or (self.fla_chunk_size and self.attention != 'fla'):
+      raise ValueError(f'model.fla_chunk_size={self.fla_chunk_size}: must be >= 0, and 0 unless '
+                       f"model.attention='fla' (got {self.attention!r})")
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
-                                self.dtype)(images, train)
+                                self.dtype, self.remat)(images, train)
 
     feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv1')(c4, train)
     feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv2')(feats, train)
     block = ATTENTION_BLOCKS[self.attention]
     if block is not None:
-      feats = block(self.head_features, dtype=self.dtype, name='attention')(feats, train)
+      options = {'chunk_size': self.fla_chunk_size or None} if self.attention == 'fla' else {}
+      feats = block(self.head_features, dtype=self.dtype, name='attention', **options)(feats,
+                                                                                        train)
 
     upsample = self.output_upsample
     if upsample is None:

@@ -37,7 +37,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, resize_bilinear
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised, resize_bilinear
 from flanet_jax.models.resnet import BasicBlock, Bottleneck
 
 # HRNet fields per backbone name (timm's and the official configs). W18-Small-v1 is the cheap
@@ -57,6 +57,7 @@ class HighResolutionModule(nn.Module):
   num_blocks: int = 4
   align_corners: bool = False
   dtype: Dtype = jnp.float32
+  remat: bool = False  # rematerialise the residual blocks (layers.rematerialised)
 
   def _conv_bn(self, x, features, kernel_size, strides, train, name):
     """`name_0` conv and `name_1` BN: a PyTorch `Sequential(Conv2d, BatchNorm2d, ...)`."""
@@ -80,7 +81,8 @@ class HighResolutionModule(nn.Module):
     xs = list(xs)
     for i, width in enumerate(self.widths):
       for b in range(self.num_blocks):
-        xs[i] = BasicBlock(width, dtype=self.dtype, name=f'branches_{i}_{b}')(xs[i], train)
+        block = rematerialised(BasicBlock, self.remat)
+        xs[i] = block(width, dtype=self.dtype, name=f'branches_{i}_{b}')(xs[i], train)
 
     fused = []
     for i in range(len(xs)):
@@ -99,6 +101,7 @@ class HRNet(nn.Module):
   layer1_planes: int = 64
   align_corners: bool = False
   dtype: Dtype = jnp.float32
+  remat: bool = False  # rematerialise the residual blocks (layers.rematerialised)
 
   def _conv_bn_relu(self, x, features, strides, train, name):
     x = Conv(features, 3, strides, dtype=self.dtype, name=f'{name}_0')(x)
@@ -130,7 +133,8 @@ class HRNet(nn.Module):
       x = Conv(64, 3, 2, dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(batch_norm(train, self.dtype, f'bn{i}')(x))
     for j in range(self.layer1_blocks):
-      x = Bottleneck(self.layer1_planes, dtype=self.dtype, name=f'layer1_{j}')(x, train)
+      block = rematerialised(Bottleneck, self.remat)
+      x = block(self.layer1_planes, dtype=self.dtype, name=f'layer1_{j}')(x, train)
 
     xs, representations = [x], []
     for stage, num_modules in enumerate(self.stage_modules, start=2):
@@ -138,6 +142,6 @@ class HRNet(nn.Module):
       xs = self._transition(xs, widths, stage - 1, train)
       for m in range(num_modules):
         xs = HighResolutionModule(widths, self.num_blocks, self.align_corners, self.dtype,
-                                  name=f'stage{stage}_{m}')(xs, train)
+                                  self.remat, name=f'stage{stage}_{m}')(xs, train)
       representations.append(self._concat(xs))
     return tuple(representations)

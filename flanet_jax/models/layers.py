@@ -9,6 +9,7 @@ The port must reproduce the original PyTorch numerics, so:
 - bilinear resizing follows `align_corners=True` (FLANet) or `False` (HRNet's fuse layers).
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -36,6 +37,96 @@ def torch_default_bias_init(fan_in: int):
   return init
 
 
+def _conv(x, kernel, strides: int, dilation: int, groups: int):
+  pad = dilation * (kernel.shape[0] - 1) // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(strides, strides), padding=((pad, pad), (pad, pad)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=groups)
+
+
+def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: int):
+  """dL/dkernel of `_conv` (groups 1) as one matmul per kernel tap.
+
+  d_kernel[i,j,ci,co] = sum_{b,y,x} x_pad[b, y*s + i*d, x*s + j*d, ci] d_out[b,y,x,co].
+  XLA:CPU lowers the kernel-gradient convolution to a slow path (3-10x slower than the forward
+  convolution for ResNet's 1x1 convolutions and wide 3x3 ones); as matmuls they run at about
+  the speed of the forward pass.
+  """
+  k, pad = kernel_size, dilation * (kernel_size - 1) // 2
+  batch, out_h, out_w, out_features = d_out.shape
+  in_features = x.shape[3]
+  accumulate = jnp.promote_types(x.dtype, jnp.float32)
+  # Everything below is made from x once d_out exists: without the barrier XLA may hoist the
+  # padded and shifted copies of x into the forward pass and keep them until the backward.
+  x, d_out = jax.lax.optimization_barrier((x, d_out))
+  d_out_t = d_out.reshape(-1, out_features).T  # (Co, N): one transpose for all taps
+
+  def tap_grad(tap):  # (Co, N) @ (N, Ci)
+    return jnp.matmul(d_out_t, tap.reshape(-1, in_features), preferred_element_type=accumulate)
+
+  if k == 1:
+    d_kernel = tap_grad(x[:, ::strides, ::strides])[None]
+  else:
+    if strides != 1:
+      raise ValueError('the per-tap kernel gradient of a k > 1 kernel needs stride 1')
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    # Unrolled, not a fori_loop: with the batch sharded each tap ends in a cross-device sum,
+    # and XLA:CPU can deadlock on collectives inside loops (8 simulated devices did).
+    d_kernel = jnp.stack([
+        tap_grad(x[:, i * dilation:i * dilation + out_h, j * dilation:j * dilation + out_w])
+        for i in range(k) for j in range(k)])
+  return d_kernel.transpose(0, 2, 1).reshape(k, k, in_features, out_features).astype(x.dtype)
+
+
+def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
+  """Where the matmul form is faster on CPU (measured, BENCHMARKS.md): 1x1 convolutions, and
+  3x3 stride-1 convolutions with >= 256 input and output channels (for narrower ones, or
+  strided ones, XLA's kernel gradient is as fast or faster). Grouped convolutions keep XLA's."""
+  if groups != 1:
+    return False
+  return kernel.shape[0] == 1 or (strides == 1 and min(kernel.shape[2:]) >= 256)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x, kernel, strides: int = 1, dilation: int = 1, groups: int = 1):
+  """NHWC x HWIO convolution with PyTorch's symmetric padding `dilation * (k - 1) // 2`.
+
+  The forward pass and the input gradient are XLA's; on CPU the kernel gradient of the
+  shapes where XLA:CPU is slow is computed as a matmul (`_kernel_grad_by_matmul`), on every
+  other platform it is XLA's own. Same values either way, to float rounding.
+  """
+  return _conv(x, kernel, strides, dilation, groups)
+
+
+def _conv2d_fwd(x, kernel, strides, dilation, groups):
+  return _conv(x, kernel, strides, dilation, groups), (x, kernel)
+
+
+def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
+  x, kernel = residuals
+  conv = lambda x, kernel: _conv(x, kernel, strides, dilation, groups)
+  dx = jax.vjp(lambda x: conv(x, kernel), x)[1](d_out)[0]
+  xla_kernel_grad = lambda x, d_out: jax.vjp(lambda k: conv(x, k), kernel)[1](d_out)[0]
+  if not _use_matmul_kernel_grad(x, kernel, strides, groups):
+    return dx, xla_kernel_grad(x, d_out)
+  matmul_kernel_grad = lambda x, d_out: _kernel_grad_by_matmul(x, d_out, kernel.shape[0],
+                                                               strides, dilation)
+  d_kernel = jax.lax.platform_dependent(x, d_out, cpu=matmul_kernel_grad,
+                                        default=xla_kernel_grad)
+  return dx, d_kernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def rematerialised(block, remat: bool):
+  """`block` (a module class called as `block(...)(x, train)`), wrapped in `nn.remat` if
+  `remat`: its activations are recomputed in the backward pass instead of stored, and only its
+  input is kept. `train` is static. Parameter names and values are unchanged."""
+  return nn.remat(block, static_argnums=(2,)) if remat else block  # (self, x, train)
+
+
 class Conv(nn.Module):
   """2-D convolution (NHWC, HWIO kernel) with PyTorch's symmetric padding.
 
@@ -57,14 +148,8 @@ class Conv(nn.Module):
     fan_in = in_features // self.groups * k * k
     kernel = self.param('kernel', conv_kernel_init,
                         (k, k, in_features // self.groups, self.features), jnp.float32)
-    pad = self.dilation * (k - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.strides, self.strides),
-        padding=((pad, pad), (pad, pad)),
-        rhs_dilation=(self.dilation, self.dilation),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=self.groups)
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.dilation,
+               self.groups)
     if self.use_bias:
       bias = self.param('bias', torch_default_bias_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)

@@ -15,7 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2, rematerialised
 
 
 class _Block(nn.Module):
@@ -72,11 +72,17 @@ _LAYER34 = {8: ((1, 1), (2, 4)), 16: ((2, 1), (1, 2)), 32: ((2, 2), (1, 1))}
 
 
 class ResNet(nn.Module):
-  """Returns the (layer2, layer3, layer4) feature maps."""
+  """Returns the (layer2, layer3, layer4) feature maps.
+
+  `remat`: rematerialise every residual block in the backward pass (`nn.remat`): only the
+  block inputs are kept from the forward pass, which trades training memory for recomputing
+  the blocks' forward passes. Same values and parameter names either way.
+  """
   depth: int = 101
   deep_stem: bool = True
   output_stride: int = 8
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   def _stem(self, x, train):
     if self.deep_stem:
@@ -91,7 +97,7 @@ class ResNet(nn.Module):
     return max_pool_3x3_s2(nn.relu(x))
 
   def _layer(self, x, train, index, planes, num_blocks, strides, dilation):
-    block, _ = _DEPTHS[self.depth]
+    block = rematerialised(_DEPTHS[self.depth][0], self.remat)
     for j in range(num_blocks):
       x = block(planes, strides if j == 0 else 1, dilation, self.dtype,
                 name=f'layer{index}_{j}')(x, train)

@@ -24,7 +24,7 @@ batch_stats `conv5_1/var`); conv `weight` [out, in/groups, kh, kw] becomes `kern
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2, rematerialised
 
 STAGE_BLOCKS = (4, 8, 4)
 STAGE_WIDTHS = (116, 232, 464)
@@ -83,6 +83,7 @@ class ShuffleNetV2(nn.Module):
   """ShuffleNetV2 x1.0; returns (stage2, stage3, conv5) feature maps."""
   output_stride: int = 8
   dtype: Dtype = jnp.float32
+  remat: bool = False  # rematerialise the blocks (layers.rematerialised)
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -95,10 +96,11 @@ class ShuffleNetV2(nn.Module):
     x = Conv(STEM_WIDTH, 3, 2, dtype=self.dtype, name='conv1_0')(x.astype(self.dtype))
     x = max_pool_3x3_s2(nn.relu(batch_norm(train, self.dtype, 'conv1_1')(x)))
     outputs = []
+    block = rematerialised(InvertedResidual, self.remat)
     for s, (blocks, width) in enumerate(zip(STAGE_BLOCKS, STAGE_WIDTHS)):
       for j in range(blocks):
-        x = InvertedResidual(width, strides[s] if j == 0 else 1, dilations[s], split=j > 0,
-                             dtype=self.dtype, name=f'stage{s + 2}_{j}')(x, train)
+        x = block(width, strides[s] if j == 0 else 1, dilations[s], split=j > 0,
+                  dtype=self.dtype, name=f'stage{s + 2}_{j}')(x, train)
       outputs.append(x)
     x = Conv(LAST_WIDTH, 1, dtype=self.dtype, name='conv5_0')(x)
     x = nn.relu(batch_norm(train, self.dtype, 'conv5_1')(x))

@@ -1,0 +1,228 @@
+"""Ours against the original PyTorch FLANet, same weights, same inputs, same process.
+
+The PyTorch side is `flanet_jax/convert/torch_reference.py` (the official structure, BatchNorm2d
+for SyncBN); its weights reach our model through the converter (`convert_state_dict`,
+'flanet_resnet101'). PyTorch gets `torch.set_num_threads(<cores this process may use>)`; XLA:CPU
+uses one thread per core by default. Cases (fp32):
+  FLA block forward          1x512x96x96, eval mode (gamma 0.5, so the attention counts)
+  FLA block forward+backward 1x512x96x96, train-mode BN, gradients of input and parameters
+  FLANet-R101 train step     batch 2, 256x256, CE + 0.4/0.4 aux CE, SGD momentum 0.9, wd 5e-4
+  FLANet-R101 eval forward   batch 1, 512x512
+Dropout is 0 on both sides (their random masks cannot match); the train step starts from
+gamma 0 (the init), where the original's batch defect (the FLA block pairs sample i with
+another sample's priors at batch > 1) does not change the result, so both compute the same.
+Each case: one untimed call (compilation; its outputs are compared: ||ours - torch|| over
+||torch||, for the block's backward the worst of the input and parameter gradients), then
+--repeats rounds, each timing PyTorch once and ours once; medians.
+Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md] [--cases fla,train,eval]
+"""
+
+import argparse
+import copy
+import datetime
+import functools
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
+from configs import default  # noqa: E402
+from flanet_jax import optim, step  # noqa: E402
+from flanet_jax.convert import convert_state_dict, torch_reference  # noqa: E402
+from flanet_jax.models import build_model  # noqa: E402
+from flanet_jax.models.fla import FullyAttentionalBlock  # noqa: E402
+
+THREADS = len(os.sched_getaffinity(0))
+CLASSES = 19
+
+
+def _nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t):
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def rel_diff(ours, theirs):
+  """||ours - theirs|| / ||theirs||. (Not a max: where a pre-ReLU value lies within float32
+  rounding of 0, the two sides may take the other branch; one such pixel makes a max-norm
+  gradient difference of ~1e-2 while the computations agree (float64 on both: 1e-15).)"""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+
+
+def torch_flanet(gamma: float):
+  """The reference FLANet-R101 (seeded init), dropout off, and its converted variables."""
+  torch.manual_seed(0)
+  net = torch_reference.FLANet(num_classes=CLASSES, depth=101)
+  for module in net.modules():
+    if isinstance(module, torch.nn.Dropout2d):
+      module.p = 0.0
+  with torch.no_grad():
+    net.fully.gamma.fill_(gamma)
+  variables = convert_state_dict(net.state_dict(), 'flanet_resnet101').variables
+  return net, jax.tree.map(jnp.asarray, variables)
+
+
+def interleaved(torch_fn, jax_fn, repeats):
+  """Median seconds of torch_fn and jax_fn (each runs one iteration to completion)."""
+  times = {'torch': [], 'jax': []}
+  for _ in range(repeats):
+    for name, fn in (('torch', torch_fn), ('jax', jax_fn)):
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return statistics.median(times['torch']), statistics.median(times['jax'])
+
+
+def fla_cases(repeats, chunk_sizes=(None, 16)):
+  net, variables = torch_flanet(gamma=0.5)
+  block_t, block_train_t = net.fully.eval(), copy.deepcopy(net.fully).train()  # train mode
+  block_vars = {c: variables[c]['attention'] for c in variables}
+  x = np.random.default_rng(0).normal(size=(1, 96, 96, 512)).astype(np.float32)
+  cotangent = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+  x_t, g_t = _nchw(x), _nchw(cotangent)
+  rows = []
+
+  def torch_forward():
+    with torch.no_grad():
+      return block_t(x_t)
+
+  def torch_backward():  # (its BN running statistics move; the eval copy's do not)
+    block_train_t.zero_grad()
+    x_grad = x_t.clone().requires_grad_(True)
+    block_train_t(x_grad).backward(g_t)
+    return x_grad.grad
+
+  for chunk in chunk_sizes:
+    block = FullyAttentionalBlock(512, chunk_size=chunk)
+    forward = jax.jit(lambda v, x: block.apply(v, x, train=False))
+
+    def loss(params, x, block=block):
+      y, _ = block.apply({'params': params, 'batch_stats': block_vars['batch_stats']}, x,
+                         train=True, mutable=['batch_stats'])
+      return jnp.sum(y * cotangent)
+
+    backward = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    label = 'all at once' if chunk is None else f'fla_chunk_size={chunk}'
+    agree = rel_diff(forward(block_vars, x), _nhwc(torch_forward()))
+    rows.append((f'FLA block forward, 1x512x96x96 (ours: {label})', *interleaved(
+        torch_forward, lambda: forward(block_vars, x).block_until_ready(), repeats), agree))
+    d_params, dx = backward(block_vars['params'], x)
+    dx_t = torch_backward()
+    grads_t = {name: p.grad.numpy() for name, p in block_train_t.named_parameters()}
+    agree = max(rel_diff(dx, _nhwc(dx_t)),
+                rel_diff(d_params['row_prior']['kernel'], grads_t['conv1.weight'].T),
+                rel_diff(d_params['col_prior']['kernel'], grads_t['conv2.weight'].T),
+                rel_diff(d_params['fuse']['conv']['kernel'],
+                         grads_t['conv.0.weight'].transpose(2, 3, 1, 0)),
+                rel_diff(d_params['gamma'], grads_t['gamma'][0]))
+    rows.append((f'FLA block forward+backward (ours: {label})', *interleaved(
+        torch_backward, lambda: jax.block_until_ready(backward(block_vars['params'], x)),
+        repeats), agree))
+  return rows
+
+
+def _config():
+  config = default.get_config()
+  config.model.dropout_rate = 0.0
+  config.model.num_classes = CLASSES
+  config.loss.name = 'ce'
+  return config
+
+
+def train_case(repeats, batch=2, size=256):
+  net, variables = torch_flanet(gamma=0.0)
+  config = _config()
+  model = build_model(config.model)
+  tx, schedule = optim.make_optimizer(config.optimizer, 1000, variables['params'])
+  train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, schedule=schedule,
+                                         loss_config=config.loss), donate_argnums=0)
+  rng = np.random.default_rng(2)
+  images = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+  labels = rng.integers(0, CLASSES, size=(batch, size, size)).astype(np.int32)
+  data = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+  images_t, labels_t = _nchw(images), torch.from_numpy(labels).long()
+  sgd = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+  def torch_step():
+    net.train()
+    sgd.zero_grad()
+    main, aux1, aux2 = net(images_t)
+    loss = (F.cross_entropy(main, labels_t, ignore_index=255) +
+            0.4 * F.cross_entropy(aux1, labels_t, ignore_index=255) +
+            0.4 * F.cross_entropy(aux2, labels_t, ignore_index=255))
+    loss.backward()
+    sgd.step()
+    return float(loss)
+
+  state = {'state': step.create_train_state(variables, tx, 0)}
+
+  def jax_step():
+    state['state'], metrics = train_step(state['state'], data)
+    return jax.block_until_ready(metrics)['loss']
+
+  agree = rel_diff(jax_step(), torch_step())  # the first step: same weights, same batch
+  return [(f'FLANet-R101 train step, batch {batch}, {size}x{size}, SGD',
+           *interleaved(torch_step, jax_step, repeats), agree)]
+
+
+def eval_case(repeats, size=512):
+  net, variables = torch_flanet(gamma=0.5)
+  model = build_model(_config().model)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  x = np.random.default_rng(3).normal(size=(1, size, size, 3)).astype(np.float32)
+  x_t = _nchw(x)
+
+  def torch_forward():
+    with torch.no_grad():
+      return net.eval()(x_t)[0]
+
+  agree = rel_diff(forward(variables, x), _nhwc(torch_forward()))
+  return [(f'FLANet-R101 eval forward, batch 1, {size}x{size}',
+           *interleaved(torch_forward, lambda: forward(variables, x).block_until_ready(),
+                        repeats), agree)]
+
+
+def markdown(rows, repeats):
+  lines = [f'Machine: {THREADS} CPU cores ({platform.processor() or platform.machine()}), '
+           f'no GPU; torch {torch.__version__} with {torch.get_num_threads()} threads, '
+           f'jax {jax.__version__}; fp32; median of {repeats}; '
+           f'{datetime.date.today().isoformat()}.', '',
+           '| Case | PyTorch (s) | Ours (s) | Speed-up | Rel. difference of outputs |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  for name, t_torch, t_jax, agree in rows:
+    lines.append(f'| {name} | {t_torch:.3f} | {t_jax:.3f} | {t_torch / t_jax:.2f}x | '
+                 f'{agree:.1e} |')
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--cases', default='fla,train,eval')
+  parser.add_argument('--out', default='', help='also write the Markdown table here')
+  args = parser.parse_args()
+  torch.set_num_threads(THREADS)
+  cases = {'fla': fla_cases, 'train': train_case, 'eval': eval_case}
+  rows = []
+  for name in args.cases.split(','):
+    rows += cases[name](args.repeats)
+    print(markdown(rows, args.repeats), flush=True)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(markdown(rows, args.repeats) + '\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,91 @@
+"""The data-parallel train step's cross-device traffic, read from XLA's optimised HLO.
+
+The train step (train.py's jit setup: state replicated, batch sharded on `data`) compiled for
+8 simulated devices may only sum things across devices: the gradients and the global-batch
+statistics of BatchNorm and of the loss. Anything else (an all-gather of activations or
+parameters, an all-to-all, a collective-permute) would mean that something is sharded or
+replicated where it should not be.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flanet_jax import parallel, train
+from flanet_jax.models import build_model
+from tests import support
+
+_COLLECTIVE = re.compile(r'= (\(.*?\)|\S+) (all-reduce|all-gather|reduce-scatter|all-to-all|'
+                         r'collective-permute|collective-broadcast|ragged-all-to-all)(?:-start)?\(')
+_ARRAY = re.compile(r'(\w+)\[([\d,]*)\]')
+
+
+def collectives(hlo: str):
+  """[(op, {dtype: elements}, computation)] of every collective in an HLO module's text."""
+  found, computation = [], None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith('{'):
+      computation = line.split(' ')[1] if line.startswith('ENTRY') else line.split(' ')[0]
+    match = _COLLECTIVE.search(line)
+    if match:
+      sizes = {}
+      for dtype, dims in _ARRAY.findall(match.group(1)):
+        sizes[dtype] = sizes.get(dtype, 0) + int(np.prod([int(d) for d in dims.split(',') if d]))
+      found.append((match.group(2), sizes, computation))
+  return found
+
+
+def _setup(**model_overrides):
+  config = support.tiny_config('unused', **{f'model.{k}': v for k, v in model_overrides.items()})
+  mesh = parallel.make_mesh()
+  model = build_model(config.model)
+  state, tx, schedule = train.initial_state(config, model, mesh, load_pretrained=False)
+  step = train._make_train_step(config, model, tx, schedule, mesh)
+  sharding = parallel.batch_sharding(mesh)
+  batch = {'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32, sharding=sharding),
+           'label': jax.ShapeDtypeStruct((8, 32, 32), jnp.int32, sharding=sharding)}
+  return state, step, batch, mesh
+
+
+def _size(tree):
+  return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('fla_chunk_size', [0, 2])
+def test_train_step_only_sums_gradients_and_batch_statistics(fla_chunk_size):
+  assert jax.device_count() == 8
+  state, step, batch, _ = _setup(fla_chunk_size=fla_chunk_size)
+  hlo = step.lower(state, batch).compile().as_text()
+  found = collectives(hlo)
+  assert {op for op, _, _ in found} == {'all-reduce'}
+  entry = re.search(r'^ENTRY (\S+)', hlo, re.M).group(1)
+  assert {computation for _, _, computation in found} == {entry}  # none inside a loop
+
+  totals = {}
+  for _, sizes, _ in found:
+    for dtype, count in sizes.items():
+      totals[dtype] = totals.get(dtype, 0) + count
+  # float32: every parameter's gradient once; per BatchNorm channel (batch_stats holds a mean
+  # and a variance per channel) the forward pass's batch mean and variance (two passes) and
+  # the backward pass's two sums for the input gradient (of dy and of dy * x_hat); one CE sum
+  # per output (main, aux1, aux2). int32: the number of labelled pixels of each output.
+  bn_channels = _size(state.batch_stats) // 2
+  assert totals == {'f32': _size(state.params) + 4 * bn_channels + 3, 's32': 3}
+
+
+def test_the_check_sees_wrongly_sharded_parameters():
+  """Negative control: parameters sharded on `data` (as if the replication were lost) must
+  bring in collectives other than sums."""
+  state, step, batch, mesh = _setup()
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  sharded = lambda x: NamedSharding(mesh, P('data') if x.ndim and x.shape[0] % 8 == 0 else P())
+  wrong_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded(x)),
+                             state)
+  wrong = jax.jit(step.__wrapped__, in_shardings=(jax.tree.map(sharded, state), batch_sharding),
+                  out_shardings=(replicated, replicated))
+  ops = {op for op, _, _ in collectives(wrong.lower(wrong_state, batch).compile().as_text())}
+  assert ops - {'all-reduce'}, ops

@@ -1,0 +1,112 @@
+"""Performance options of the model: `model.remat` and `model.fla_chunk_size` change memory and
+time, never the results."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from flanet_jax.models import build_model
+
+
+def _model(**kwargs):
+  return build_model(ml_collections.ConfigDict(kwargs))
+
+
+def _batch(shape=(2, 48, 56)):
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.normal(size=(*shape, 3)), jnp.float32),
+          jnp.asarray(rng.integers(0, 4, size=shape)))
+
+
+def _init(model, images):
+  variables = model.init({'params': jax.random.key(0)}, images, train=False)
+  if 'attention' in variables['params']:
+    variables['params']['attention']['gamma'] = jnp.asarray(0.5)  # 0 would hide the block
+  return variables
+
+
+def _loss_and_grads(model, variables, images, labels):
+  """(loss, new batch statistics), gradients: a training forward and backward pass."""
+
+  def loss_fn(params):
+    outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                   images, train=True, rngs={'dropout': jax.random.key(1)},
+                                   mutable=['batch_stats'])
+    one_hot = jax.nn.one_hot(labels, 4)
+    loss = sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
+    return loss, updates['batch_stats']
+
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+
+
+def _assert_trees_close(got, want, rtol):
+  """Leaf by leaf, to `rtol` of the leaf's largest value; leaves that are float noise around 0
+  (e.g. the bias of a BN followed by another BN) to `rtol` of 1% of the tree's largest."""
+  floor = 1e-2 * max(float(np.abs(w).max()) for w in jax.tree.leaves(want))
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    g, w = np.asarray(g), np.asarray(w)
+    np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * max(np.abs(w).max(), floor),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def _saved_bytes(model, variables, images):
+  """Bytes of what the forward pass saves for the backward pass (the residuals held by the VJP
+  function), in the program JAX builds, before XLA. XLA:CPU drops the optimisation barriers
+  that keep remat from being undone, so its compiled memory shows no saving (BENCHMARKS.md);
+  GPU and TPU keep them."""
+
+  def forward(params, stats):
+    return model.apply({'params': params, 'batch_stats': stats}, images, train=True,
+                       rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+
+  vjp = jax.eval_shape(lambda p, s: jax.vjp(forward, p, s)[1], variables['params'],
+                       variables['batch_stats'])
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp))
+
+
+@pytest.mark.parametrize('backbone', ['resnet18', 'hrnet_w18_small', 'shufflenet_v2'])
+def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone):
+  kwargs = dict(num_classes=4, backbone=backbone, head_features=16, aux_features=8)
+  plain, remat = _model(**kwargs), _model(**kwargs, remat=True)
+  images, labels = _batch((2, 64, 64))
+  variables = _init(plain, images)
+  remat_shapes = jax.eval_shape(lambda: _init(remat, images))
+  assert jax.tree.structure(remat_shapes) == jax.tree.structure(variables)  # same names
+
+  (loss, stats), grads = _loss_and_grads(remat, variables, images, labels)
+  (want_loss, want_stats), want_grads = _loss_and_grads(plain, variables, images, labels)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  _assert_trees_close(grads, want_grads, rtol=1e-5)
+  _assert_trees_close(stats, want_stats, rtol=1e-6)
+  # The blocks really are recomputed: the forward pass saves less for the backward pass.
+  images = jnp.zeros((2, 128, 128, 3))
+  assert _saved_bytes(remat, variables, images) < 0.8 * _saved_bytes(plain, variables, images)
+
+
+def test_fla_chunk_size_reaches_the_block_and_changes_nothing():
+  kwargs = dict(num_classes=4, backbone='resnet18', head_features=16, aux_features=8)
+  plain, chunked = _model(**kwargs), _model(**kwargs, fla_chunk_size=2)  # c4: 6 x 7
+  images, labels = _batch()
+  variables = _init(plain, images)
+  (loss, stats), grads = _loss_and_grads(chunked, variables, images, labels)
+  (want_loss, want_stats), want_grads = _loss_and_grads(plain, variables, images, labels)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  _assert_trees_close(grads, want_grads, rtol=1e-5)
+  _assert_trees_close(stats, want_stats, rtol=1e-6)
+
+  def loops(model):  # the chunks are a fori_loop: a scan (or while) loop in the program
+    jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, images, train=False))(variables))
+    return jaxpr.count('scan[') + jaxpr.count('while[')
+  assert loops(plain) == 0 and loops(chunked) > 0
+
+
+@pytest.mark.parametrize('kwargs', [dict(fla_chunk_size=-1),
+                                    dict(fla_chunk_size=8, attention='none'),
+                                    dict(fla_chunk_size=8, attention='channel_nl')])
+def test_fla_chunk_size_is_rejected_where_it_cannot_apply(kwargs):
+  model = _model(num_classes=3, backbone='resnet18', **kwargs)
+  with pytest.raises(ValueError, match='model.fla_chunk_size'):
+    jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)),
+                                      train=False))
