@@ -11,7 +11,6 @@ step time shows the cost of partitioning, not a speed-up. Usage:
 import argparse
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ def measure(steps: int) -> str:
   from configs import default
   from flanet_jax import parallel, train
   from flanet_jax.models import build_model
+  from bench_timing import median_step_time  # scripts/ is on sys.path
 
   config = default.get_config()
   config.batch_size, config.loss.name = 8, 'ce'
@@ -41,14 +41,8 @@ def measure(steps: int) -> str:
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, batch)  # first run: allocations
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return (f'| {jax.device_count()} | {compile_s:.1f} | {statistics.median(times):.3f} | '
+  _, metrics, step_s = median_step_time(compiled, state, batch, steps)
+  return (f'| {jax.device_count()} | {compile_s:.1f} | {step_s:.3f} | '
           f'{float(metrics["loss"]):.4f} |')
 
 

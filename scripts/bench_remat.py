@@ -12,9 +12,7 @@ into the forward pass, so on CPU the compiled memory does not drop (GPU/TPU keep
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -23,6 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs import default  # noqa: E402
 from flanet_jax import parallel, train  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
+from bench_timing import median_step_time  # noqa: E402  (scripts/ is on sys.path)
 
 
 def saved_bytes(model, variables, images):
@@ -49,15 +48,8 @@ def measure(remat: bool, size: int, steps: int) -> str:
   compiled = train._make_train_step(config, model, tx, schedule, mesh).lower(state,
                                                                              batch).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  state, metrics = compiled(state, batch)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return (f'| {remat} | {saved / 1e6:.0f} | {temp / 1e6:.0f} | '
-          f'{statistics.median(times):.2f} |')
+  _, _, step_s = median_step_time(compiled, state, batch, steps)
+  return f'| {remat} | {saved / 1e6:.0f} | {temp / 1e6:.0f} | {step_s:.2f} |'
 
 
 def main():
