@@ -2,6 +2,8 @@
 
 import pathlib
 
+import jax
+
 from configs import default
 from flanet_jax.data import synthetic
 
@@ -54,3 +56,17 @@ def randomise_batch_norms_(model, seed: int):
         module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
         module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
   return model.eval()
+
+
+def flanet_loss_and_grads(model, variables, images, labels, num_classes: int):
+  """(loss, gradients w.r.t. params) of a plain cross-entropy summed over FLANet's three
+  outputs, in training mode (batch statistics, dropout on)."""
+
+  def loss_fn(params):
+    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                             images, train=True, rngs={'dropout': jax.random.key(1)},
+                             mutable=['batch_stats'])
+    one_hot = jax.nn.one_hot(labels, num_classes)
+    return sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
+
+  return jax.jit(jax.value_and_grad(loss_fn))(variables['params'])

@@ -88,8 +88,8 @@ def test_config_is_consistent(module, arg):
   assert config.num_train_steps > 0 and config.batch_size % 8 == 0
   if module in ('default', 'demo'):
     return
-  recipe = _config(RECIPES[config.data.name])
-  differing = {k for k, v in _flat(config).items() if _flat(recipe)[k] != v}
+  recipe = _flat(_config(RECIPES[config.data.name]))
+  differing = {k for k, v in _flat(config).items() if recipe[k] != v}
   assert differing <= MODEL_KEYS, f'{module}:{arg} departs from {RECIPES[config.data.name]}'
   if config.model.backbone in backbones.IMAGENET_WEIGHTS:
     assert config.init_from == 'weights/' + backbones.IMAGENET_WEIGHTS[config.model.backbone][1]

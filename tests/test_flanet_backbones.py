@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flanet_jax.models import build_model
+from tests import support
 
 NEW_BACKBONES = ['hrnet_w18_small', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48', 'shufflenet_v2']
 
@@ -65,14 +66,7 @@ def test_gradients_finite_and_nonzero_for_every_parameter(backbone, attention):
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 40, 36)))
   variables = _random_variables(rng, _abstract_init(model, images.shape))  # gamma != 0
 
-  def loss_fn(params):
-    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                             images, train=True, rngs={'dropout': jax.random.key(1)},
-                             mutable=['batch_stats'])
-    return sum(-(jax.nn.one_hot(labels, 3) * jax.nn.log_softmax(o)).sum(-1).mean()
-               for o in outputs)
-
-  grads = jax.jit(jax.grad(loss_fn))(variables['params'])
+  _, grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     g = np.asarray(g)
     assert np.isfinite(g).all(), jax.tree_util.keystr(path)

@@ -8,6 +8,7 @@ import pytest
 
 from flanet_jax.models import build_model
 from flanet_jax.models.resnet import ResNet
+from tests import support
 
 
 def _count(tree):
@@ -97,14 +98,8 @@ def test_gradients_finite_and_nonzero_for_every_parameter(attention):
     # gamma starts at 0, which would hide the gradient of the prior Linear layers.
     params['attention']['gamma'] = jnp.asarray(0.5)
 
-  def loss_fn(params):
-    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                             images, train=True, rngs={'dropout': jax.random.key(1)},
-                             mutable=['batch_stats'])
-    one_hot = jax.nn.one_hot(labels, 4)
-    return sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
-
-  grads = jax.jit(jax.grad(loss_fn))(params)
+  _, grads = support.flanet_loss_and_grads(model, {**variables, 'params': params}, images,
+                                          labels, 4)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     g = np.asarray(g)
     assert np.isfinite(g).all(), jax.tree_util.keystr(path)

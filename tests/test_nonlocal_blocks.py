@@ -13,6 +13,7 @@ from flanet_jax.models import build_model
 from flanet_jax.models.flanet import ATTENTION_BLOCKS
 from flanet_jax.models.layers import ConvBN
 from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
+from tests import support
 
 
 def _softmax64(e):
@@ -219,14 +220,7 @@ def test_flanet_forward_and_gradient_with_every_nonlocal_attention(attention):
                                                train=False))
   variables = _random_variables_like(rng, abstract)
 
-  def loss_fn(params):
-    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                             images, train=True, rngs={'dropout': jax.random.key(1)},
-                             mutable=['batch_stats'])
-    return sum(-(jax.nn.one_hot(labels, 3) * jax.nn.log_softmax(o)).sum(-1).mean()
-               for o in outputs)
-
-  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
+  loss, grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
   assert np.isfinite(float(loss))
   assert 'attention' in grads
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
