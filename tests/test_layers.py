@@ -35,8 +35,8 @@ def test_conv_matches_torch_padding(size, kernel, stride, dilation):
 
 @pytest.mark.parametrize('size,features,kernel,stride,dilation,groups', [
     (9, (6, 8), 1, 1, 1, 1), (9, (6, 8), 1, 2, 1, 1),  # 1x1: matmul kernel gradient
-    (8, (256, 256), 3, 1, 2, 1), (7, (260, 256), 3, 1, 1, 1),  # wide 3x3: per-tap matmuls
-    (11, (8, 8), 3, 1, 1, 1), (11, (256, 8), 3, 1, 1, 1), (11, (8, 8), 3, 2, 1, 1),  # XLA's
+    (8, (256, 256), 3, 1, 2, 1), (7, (260, 256), 3, 1, 1, 1),  # 3x3 < 1 GFLOP: XLA's
+    (11, (8, 8), 3, 1, 1, 1), (11, (256, 8), 3, 1, 1, 1), (11, (8, 8), 3, 2, 1, 1),
     (13, (4, 8), 7, 2, 1, 1), (9, (8, 8), 3, 1, 1, 4)])
 def test_conv_gradients_match_xla_autodiff_in_float64(size, features, kernel, stride, dilation,
                                                        groups):
@@ -55,17 +55,77 @@ def test_conv_gradients_match_xla_autodiff_in_float64(size, features, kernel, st
       np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
-@pytest.mark.parametrize('features,kernel,stride,matmul', [
-    ((64, 16), 1, 1, True), ((64, 16), 1, 2, True), ((256, 256), 3, 1, True),
-    ((64, 256), 3, 1, False), ((256, 64), 3, 1, False), ((256, 256), 3, 2, False)])
-def test_conv_kernel_gradient_on_cpu_is_a_matmul_where_chosen(features, kernel, stride, matmul):
+@pytest.mark.parametrize('kernel,stride,dilation', [(1, 1, 1), (1, 2, 1), (2, 1, 1), (3, 1, 1),
+                                                    (3, 1, 2)])
+def test_kernel_grad_by_matmul_matches_xla_in_float64(kernel, stride, dilation):
+  """The per-tap matmul kernel gradient (used on CPU where it is faster) against XLA's."""
+  rng = np.random.default_rng(kernel + stride + dilation)
+  x = rng.normal(size=(2, 9, 12, 5))
+  with jax.enable_x64(True):
+    conv = lambda w: layers._conv(x, w, stride, dilation, 1)
+    w = rng.normal(size=(kernel, kernel, 5, 7))
+    y, vjp = jax.vjp(conv, w)
+    d_out = rng.normal(size=y.shape)
+    got = layers._kernel_grad_by_matmul(x, d_out, kernel, stride, dilation)
+    want = vjp(d_out)[0]
+    assert got.dtype == np.float64 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize('features,kernel,stride,size,matmul', [
+    ((64, 16), 1, 1, 8, True), ((64, 16), 1, 2, 8, True),  # 1x1: always
+    ((256, 256), 3, 1, 32, True), ((64, 128), 3, 1, 64, True),  # >= 1 GFLOP
+    ((256, 256), 3, 1, 8, False), ((64, 64), 3, 1, 64, False),  # below
+    ((256, 256), 3, 2, 64, False)])  # strided
+def test_conv_kernel_gradient_on_cpu_is_a_matmul_where_chosen(features, kernel, stride, size,
+                                                              matmul):
   """The kernel gradient avoids XLA:CPU's slow kernel-gradient convolution where chosen."""
   in_features, out_features = features
-  x, w = jnp.ones((2, 8, 8, in_features)), jnp.ones((kernel, kernel, in_features, out_features))
+  x = jnp.ones((2, size, size, in_features))
+  w = jnp.ones((kernel, kernel, in_features, out_features))
   d_out = jnp.ones(jax.eval_shape(lambda w: layers.conv2d(x, w, stride), w).shape)
   kernel_grad = jax.grad(lambda w: jnp.sum(layers.conv2d(x, w, stride) * d_out))
   hlo = jax.jit(kernel_grad).lower(w).as_text(dialect='hlo')
   assert ('convolution(' not in hlo) == matmul
+
+
+@pytest.mark.parametrize('size', [(5, 7), (6, 6)])
+def test_conv_of_upsampled_input_matches_torch(size):
+  """Conv(upsample_2x=True) = the official nn.Upsample(scale_factor=2) then a 3x3 conv."""
+  x = np.random.default_rng(sum(size)).normal(size=(2, *size, 5)).astype(np.float32)
+  conv = layers.Conv(6, 3, use_bias=True, upsample_2x=True)
+  variables = conv.init(jax.random.key(1), x)
+  weight = torch.from_numpy(np.array(np.transpose(variables['params']['kernel'], (3, 2, 0, 1))))
+  bias = torch.from_numpy(np.array(variables['params']['bias']))
+  upsampled = F.interpolate(_nchw(x), scale_factor=2, mode='nearest')
+  want = _nhwc(F.conv2d(upsampled, weight, bias, padding=1))
+  got = np.asarray(conv.apply(variables, x))
+  assert got.shape == want.shape == (2, 2 * size[0], 2 * size[1], 6)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('features', [(3, 4), (256, 256)])  # (256, 256): matmul kernel gradient
+def test_conv_of_upsampled_input_gradients_in_float64(features):
+  rng = np.random.default_rng(features[0])
+  x = rng.normal(size=(2, 4, 7, features[0]))
+  w = rng.normal(size=(3, 3, *features))
+  with jax.enable_x64(True):
+    upsample = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest x2
+    reference = lambda x, w: layers._conv(upsample(x), w, 1, 1, 1)
+    want_y, want_vjp = jax.vjp(reference, x, w)
+    got_y, got_vjp = jax.vjp(jax.jit(layers.conv3x3_of_upsampled_2x), x, w)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-12, atol=1e-12 * np.abs(want_y).max())
+    d_out = rng.normal(size=want_y.shape)
+    for got, want in zip(got_vjp(d_out), want_vjp(d_out)):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize('options', [dict(kernel_size=1), dict(strides=2), dict(dilation=2),
+                                     dict(groups=2)])
+def test_conv_of_upsampled_input_rejects_other_convs(options):
+  conv = layers.Conv(4, **{'kernel_size': 3, **options}, upsample_2x=True)
+  with pytest.raises(ValueError, match='upsample_2x needs a 3x3 kernel'):
+    conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
 
 
 def test_conv_init_is_kaiming_normal_gain_one():
@@ -80,12 +140,6 @@ def test_max_pool_matches_torch(size):
   x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
   want = _nhwc(F.max_pool2d(_nchw(x), 3, 2, 1))
   np.testing.assert_array_equal(np.asarray(layers.max_pool_3x3_s2(x)), want)
-
-
-def test_upsample_nearest_matches_torch():
-  x = np.random.default_rng(1).normal(size=(2, 5, 7, 3)).astype(np.float32)
-  want = _nhwc(F.interpolate(_nchw(x), scale_factor=2, mode='nearest'))
-  np.testing.assert_array_equal(np.asarray(layers.upsample_nearest_2x(x)), want)
 
 
 @pytest.mark.parametrize('in_size,out_size', [((9, 13), (65, 97)), ((12, 12), (96, 96)),

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.hrnet import CONFIGS as HRNET_CONFIGS, HRNet
-from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear, upsample_nearest_2x
+from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear
 from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
 from flanet_jax.models.resnet import ResNet
 from flanet_jax.models.shufflenet import ShuffleNetV2
@@ -51,9 +51,10 @@ class OutputModule(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    if self.upsample:
-      x = upsample_nearest_2x(x)
-    x = ConvBN(self.mid_features, 3, dtype=self.dtype, name='conv_bn')(x, train)
+    # The x2 upsampling is folded into the conv (layers.conv3x3_of_upsampled_2x): same
+    # values, 2.25x fewer FLOPs than convolving the upsampled features.
+    x = ConvBN(self.mid_features, 3, upsample_2x=self.upsample, dtype=self.dtype,
+               name='conv_bn')(x, train)
     # Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
     return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)

@@ -80,12 +80,14 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
 
 
 def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
-  """Where the matmul form is faster on CPU (measured, BENCHMARKS.md): 1x1 convolutions, and
-  3x3 stride-1 convolutions with >= 256 input and output channels (for narrower ones, or
-  strided ones, XLA's kernel gradient is as fast or faster). Grouped convolutions keep XLA's."""
+  """Where the matmul form is faster on CPU (scripts/bench_conv_kernel_grad.py): 1x1
+  convolutions, and stride-1 ones whose kernel gradient costs >= 1 GFLOP (below that XLA's is
+  as fast or faster; strided ones keep XLA's). Grouped convolutions keep XLA's."""
   if groups != 1:
     return False
-  return kernel.shape[0] == 1 or (strides == 1 and min(kernel.shape[2:]) >= 256)
+  k, in_features, out_features = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  flops = 2 * k * k * x.shape[0] * x.shape[1] * x.shape[2] * in_features * out_features
+  return k == 1 or (strides == 1 and flops >= 1e9)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -120,6 +122,88 @@ def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _phase_taps(kernel, axis: int):
+  """{(phase, tap): kernel taps summed} along `axis` (3 taps) for a nearest-x2-upsampled input.
+
+  An output row 2a + s of a 3x3 conv (padding 1) of the upsampled input reads input rows
+  a-1, a, a (s = 0) or a, a, a+1 (s = 1): per phase, 2 input taps (offsets -1, 0 for s = 0;
+  0, +1 for s = 1) whose weights are sums of the 3 kernel taps.
+  """
+  k0, k1, k2 = (jax.lax.index_in_dim(kernel, i, axis, keepdims=False) for i in range(3))
+  return {(0, 0): k0, (0, 1): k1 + k2, (1, 0): k0 + k1, (1, 1): k2}
+
+
+def _phase_kernel(kernel):
+  """(3, 3, Ci, Co) -> (2, 2, Ci, 4 * Co): the four phases' 2x2 kernels stacked on the output
+  channels, phase (s, t) at channels [(2s + t) Co, (2s + t + 1) Co)."""
+  in_features, out_features = kernel.shape[2:]
+  rows = _phase_taps(kernel, 0)  # (s, i) -> (3, Ci, Co) column taps
+  cols = {key: _phase_taps(taps, 0) for key, taps in rows.items()}  # (t, j) -> (Ci, Co)
+  phase_kernel = jnp.stack([
+      jnp.stack([
+          jnp.stack([cols[s, i][t, j] for s in (0, 1) for t in (0, 1)], axis=1)  # (Ci, 4, Co)
+          for j in (0, 1)]) for i in (0, 1)])
+  return phase_kernel.reshape(2, 2, in_features, 4 * out_features)
+
+
+def _interleave_phases(y):
+  """(B, H + 1, W + 1, 4 Co) phase outputs -> (B, 2H, 2W, Co): phase (s, t) of output pixel
+  (a, b) sits at y[a + s, b + t], and becomes pixel (2a + s, 2b + t)."""
+  batch, height, width = y.shape[0], y.shape[1] - 1, y.shape[2] - 1
+  y = y.reshape(batch, height + 1, width + 1, 2, 2, -1)
+  phases = [jnp.stack([y[:, s:s + height, t:t + width, s, t] for t in (0, 1)], axis=3)
+            for s in (0, 1)]
+  return jnp.stack(phases, axis=2).reshape(batch, 2 * height, 2 * width, -1)
+
+
+def _pad1(x):
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _conv3x3_of_upsampled_2x(x, kernel):
+  return _interleave_phases(_conv(_pad1(x), _phase_kernel(kernel), 1, 1, 1))
+
+
+@jax.custom_vjp
+def conv3x3_of_upsampled_2x(x, kernel):
+  """A 3x3 conv (HWIO kernel, padding 1) of x upsampled x2 (nearest), without upsampling x.
+
+  Each of the four output phases (even/odd row, even/odd column) is a 2x2 convolution of x
+  with summed taps, computed as one 2x2 convolution of x padded by 1 with the phases stacked
+  along the output channels: 16 taps at x's resolution instead of 9 at twice it, 2.25x fewer
+  FLOPs. Same values to float rounding. The kernel gradient is summed back to the 3x3 taps per
+  sample, before the sum over the batch: with the batch sharded, the cross-device sum is then
+  of the 3x3 kernel's size, not of the 16/9 larger phase kernel's.
+  """
+  return _conv3x3_of_upsampled_2x(x, kernel)
+
+
+def _conv3x3_of_upsampled_2x_fwd(x, kernel):
+  return _conv3x3_of_upsampled_2x(x, kernel), (x, kernel)
+
+
+def _conv3x3_of_upsampled_2x_bwd(residuals, d_out):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _conv3x3_of_upsampled_2x(x, kernel), x)[1](d_out)[0]
+  # As in _kernel_grad_by_matmul: the shifted copies of x are made in the backward pass.
+  x, d_out = jax.lax.optimization_barrier((x, d_out))
+  x_pad, (height, width) = _pad1(x), x.shape[1:3]
+  phase_shape = jax.ShapeDtypeStruct((x.shape[0], height + 1, width + 1, 4 * kernel.shape[3]),
+                                     d_out.dtype)
+  d_phases = jax.linear_transpose(_interleave_phases, phase_shape)(d_out)[0]
+  accumulate = jnp.promote_types(x.dtype, jnp.float32)
+  per_sample = jnp.stack([  # (B, 2, 2, Ci, 4 Co): the phase kernel's gradient of each sample
+      jnp.stack([jnp.einsum('bhwc,bhwo->bco', x_pad[:, i:i + height + 1, j:j + width + 1],
+                            d_phases, preferred_element_type=accumulate) for j in (0, 1)],
+                axis=1) for i in (0, 1)], axis=1)
+  to_3x3 = jax.linear_transpose(_phase_kernel, jax.ShapeDtypeStruct(kernel.shape, accumulate))
+  d_kernel = jax.vmap(lambda g: to_3x3(g)[0])(per_sample).sum(axis=0)
+  return dx, d_kernel.astype(kernel.dtype)
+
+
+conv3x3_of_upsampled_2x.defvjp(_conv3x3_of_upsampled_2x_fwd, _conv3x3_of_upsampled_2x_bwd)
+
+
 def rematerialised(block, remat: bool):
   """`block` (a module class called as `block(...)(x, train)`), wrapped in `nn.remat` if
   `remat`: its activations are recomputed in the backward pass instead of stored, and only its
@@ -131,6 +215,8 @@ class Conv(nn.Module):
   """2-D convolution (NHWC, HWIO kernel) with PyTorch's symmetric padding.
 
   Padding is `dilation * (kernel_size - 1) // 2` on every side, as PyTorch's `padding=p`.
+  `upsample_2x`: the input is first upsampled x2 (nearest), as `nn.Upsample(scale_factor=2)`
+  before the conv; computed by `conv3x3_of_upsampled_2x`, the kernel is the same 3x3 one.
   Parameters are `kernel` and optionally `bias` directly under this module, so converted
   PyTorch weights map one to one. `groups` > 1 gives grouped/depthwise convolution.
   """
@@ -140,6 +226,7 @@ class Conv(nn.Module):
   dilation: int = 1
   groups: int = 1
   use_bias: bool = False
+  upsample_2x: bool = False  # convolve the nearest-x2 upsampled input (3x3, stride 1 only)
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -148,8 +235,15 @@ class Conv(nn.Module):
     fan_in = in_features // self.groups * k * k
     kernel = self.param('kernel', conv_kernel_init,
                         (k, k, in_features // self.groups, self.features), jnp.float32)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.dilation,
-               self.groups)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.upsample_2x:
+      if (k, self.strides, self.dilation, self.groups) != (3, 1, 1, 1):
+        raise ValueError('upsample_2x needs a 3x3 kernel, stride 1, dilation 1 and groups 1; '
+                         f'got kernel_size={k}, strides={self.strides}, '
+                         f'dilation={self.dilation}, groups={self.groups}')
+      y = conv3x3_of_upsampled_2x(x, kernel)
+    else:
+      y = conv2d(x, kernel, self.strides, self.dilation, self.groups)
     if self.use_bias:
       bias = self.param('bias', torch_default_bias_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
@@ -177,12 +271,13 @@ class ConvBN(nn.Module):
   strides: int = 1
   dilation: int = 1
   relu: bool = True
+  upsample_2x: bool = False  # nearest x2 upsampling before the conv (see Conv)
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = Conv(self.features, self.kernel_size, self.strides, self.dilation,
-             dtype=self.dtype, name='conv')(x)
+             upsample_2x=self.upsample_2x, dtype=self.dtype, name='conv')(x)
     x = batch_norm(train, self.dtype, name='bn')(x)
     return nn.relu(x) if self.relu else x
 
@@ -190,11 +285,6 @@ class ConvBN(nn.Module):
 def max_pool_3x3_s2(x):
   """PyTorch `MaxPool2d(3, 2, 1)`: padding counts as -inf."""
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-
-
-def upsample_nearest_2x(x):
-  """PyTorch `nn.Upsample(scale_factor=2)` (mode='nearest') for NHWC."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
