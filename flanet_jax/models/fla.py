@@ -191,7 +191,10 @@ class FullyAttentionalBlock(nn.Module):
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
     row_prior = self._prior(x.mean(axis=2), 'row_prior')  # (B, H, C)
-    col_prior = self._prior(x.mean(axis=1), 'col_prior')  # (B, W, C)
+    # The mean over the height as a contraction: XLA:CPU reduces this middle axis of NHWC
+    # ~7x slower than it contracts it (20 ms against 3 ms at 96x96x512).
+    height_mean = jnp.full((x.shape[1],), 1.0 / x.shape[1], x.dtype)
+    col_prior = self._prior(jnp.einsum('bhwc,h->bwc', x, height_mean), 'col_prior')  # (B, W, C)
 
     gamma = self.param('gamma', nn.initializers.zeros, (), jnp.float32)
     attended = full_attention(x, row_prior, col_prior, self.chunk_size)
