@@ -11,9 +11,9 @@ uses one thread per core by default. Cases (fp32):
 Dropout is 0 on both sides (their random masks cannot match); the train step starts from
 gamma 0 (the init), where the original's batch defect (the FLA block pairs sample i with
 another sample's priors at batch > 1) does not change the result, so both compute the same.
-Each case: one untimed call (compilation; its outputs are compared: ||ours - torch|| over
-||torch||, for the block's backward the worst of the input and parameter gradients), then
---repeats rounds, each timing PyTorch once and ours once; medians.
+Each case: one untimed call of each (compilation; its outputs are compared: ||ours - torch||
+over ||torch||, for the block's backward the worst of the input and parameter gradients), then
+--repeats timed calls of PyTorch, then --repeats of ours (see `median_times`); medians.
 Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md] [--cases fla,train,eval]
 """
 
@@ -74,18 +74,22 @@ def torch_flanet(gamma: float):
   return net, jax.tree.map(jnp.asarray, variables)
 
 
-def interleaved(torch_fn, jax_fn, repeats):
-  """Median seconds of torch_fn and jax_fn (each runs one iteration to completion)."""
-  times = {'torch': [], 'jax': []}
-  for _ in range(repeats):
-    for name, fn in (('torch', torch_fn), ('jax', jax_fn)):
+def median_times(torch_fn, jax_fn, repeats):
+  """Median seconds of torch_fn and of jax_fn (each runs one iteration to completion): first
+  `repeats` calls of one, then of the other. Not alternated call by call: a JAX train step run
+  right after a PyTorch one took 6.7-7.5 s against 6.1-6.4 s after another JAX step (the
+  PyTorch step was not affected), so alternating measures the interference, not the code."""
+  times = {}
+  for name, fn in (('torch', torch_fn), ('jax', jax_fn)):
+    times[name] = []
+    for _ in range(repeats):
       start = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - start)
   return statistics.median(times['torch']), statistics.median(times['jax'])
 
 
-def fla_cases(repeats, chunk_sizes=(None, 16)):
+def fla_cases(repeats, chunk_sizes=(None, 4, 16)):
   net, variables = torch_flanet(gamma=0.5)
   block_t, block_train_t = net.fully.eval(), copy.deepcopy(net.fully).train()  # train mode
   block_vars = {c: variables[c]['attention'] for c in variables}
@@ -116,7 +120,7 @@ def fla_cases(repeats, chunk_sizes=(None, 16)):
     backward = jax.jit(jax.grad(loss, argnums=(0, 1)))
     label = 'all at once' if chunk is None else f'fla_chunk_size={chunk}'
     agree = rel_diff(forward(block_vars, x), _nhwc(torch_forward()))
-    rows.append((f'FLA block forward, 1x512x96x96 (ours: {label})', *interleaved(
+    rows.append((f'FLA block forward, 1x512x96x96 (ours: {label})', *median_times(
         torch_forward, lambda: forward(block_vars, x).block_until_ready(), repeats), agree))
     d_params, dx = backward(block_vars['params'], x)
     dx_t = torch_backward()
@@ -127,7 +131,7 @@ def fla_cases(repeats, chunk_sizes=(None, 16)):
                 rel_diff(d_params['fuse']['conv']['kernel'],
                          grads_t['conv.0.weight'].transpose(2, 3, 1, 0)),
                 rel_diff(d_params['gamma'], grads_t['gamma'][0]))
-    rows.append((f'FLA block forward+backward (ours: {label})', *interleaved(
+    rows.append((f'FLA block forward+backward (ours: {label})', *median_times(
         torch_backward, lambda: jax.block_until_ready(backward(block_vars['params'], x)),
         repeats), agree))
   return rows
@@ -174,7 +178,7 @@ def train_case(repeats, batch=2, size=256):
 
   agree = rel_diff(jax_step(), torch_step())  # the first step: same weights, same batch
   return [(f'FLANet-R101 train step, batch {batch}, {size}x{size}, SGD',
-           *interleaved(torch_step, jax_step, repeats), agree)]
+           *median_times(torch_step, jax_step, repeats), agree)]
 
 
 def eval_case(repeats, size=512):
@@ -190,7 +194,7 @@ def eval_case(repeats, size=512):
 
   agree = rel_diff(forward(variables, x), _nhwc(torch_forward()))
   return [(f'FLANet-R101 eval forward, batch 1, {size}x{size}',
-           *interleaved(torch_forward, lambda: forward(variables, x).block_until_ready(),
+           *median_times(torch_forward, lambda: forward(variables, x).block_until_ready(),
                         repeats), agree)]
 
 
