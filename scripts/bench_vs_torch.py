@@ -168,7 +168,7 @@ def train_case(repeats, batch=2, size=256):
             0.4 * F.cross_entropy(aux2, labels_t, ignore_index=255))
     loss.backward()
     sgd.step()
-    return float(loss)
+    return loss.item()
 
   state = {'state': step.create_train_state(variables, tx, 0)}
 
