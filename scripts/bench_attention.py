@@ -15,13 +15,13 @@ forward pass (fp32, inference mode), without allocating anything for batch 8:
 
 import argparse
 import contextlib
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_timing import round_robin_medians  # scripts/ is on sys.path
 from flanet_jax.models.flanet import ATTENTION_BLOCKS
 from flanet_jax.models.layers import ConvBN
 
@@ -69,14 +69,7 @@ def forward_seconds(compiled_blocks, repeats):
     concrete = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), s.dtype),
                             variables)
     runs[name] = lambda compiled=compiled, concrete=concrete: compiled(concrete, x)
-    runs[name]().block_until_ready()  # warm-up
-  times = {name: [] for name in runs}
-  for _ in range(repeats):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      run().block_until_ready()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
+  return round_robin_medians(runs, repeats)
 
 
 def main():

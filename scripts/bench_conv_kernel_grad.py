@@ -3,22 +3,21 @@
 `layers.conv2d` computes the kernel gradient of 1x1 convolutions, and of stride-1 ones whose
 gradient costs >= 1 GFLOP, as one matmul per kernel tap (`_kernel_grad_by_matmul`); this script
 measures both forms over the 3x3 shapes of our backbones (batch 2; 64-192 channels: stems,
-HRNet branches; 256-2048: ResNet layer3/4 and the head) so the threshold can be checked.
+HRNet branches; 256-512: ResNet layer3/4 and the head) so the threshold can be checked.
 Both forms are compiled and timed alternately, medians of --repeats. Usage:
   python scripts/bench_conv_kernel_grad.py [--repeats 5]   (prints a Markdown table)
 """
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench_timing import round_robin_medians  # noqa: E402  (scripts/ is on sys.path)
 from flanet_jax.models import layers  # noqa: E402
 
 # (spatial size, input channels, output channels) of 3x3 stride-1 convolutions, batch 2.
@@ -38,18 +37,6 @@ def kernel_grads(size, in_features, out_features):
   return xla, matmul, (x, d_out)
 
 
-def median_times(functions, args, repeats):
-  times = [[] for _ in functions]
-  for fn in functions:
-    jax.block_until_ready(fn(*args))  # compile
-  for _ in range(repeats):
-    for fn, fn_times in zip(functions, times):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      fn_times.append(time.perf_counter() - start)
-  return [statistics.median(t) for t in times]
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=5)
@@ -59,7 +46,9 @@ def main():
   print('| ---: | --- | ---: | ---: | ---: | ---: | --- |')
   for size, in_features, out_features in SHAPES:
     xla, matmul, inputs = kernel_grads(size, in_features, out_features)
-    t_xla, t_matmul = median_times((xla, matmul), inputs, args.repeats)
+    times = round_robin_medians({'xla': lambda: xla(*inputs), 'matmul': lambda: matmul(*inputs)},
+                                args.repeats)
+    t_xla, t_matmul = times['xla'], times['matmul']
     chosen = layers._use_matmul_kernel_grad(inputs[0], jnp.zeros((3, 3, in_features,
                                                                   out_features)), 1, 1)
     gflop = 2 * 9 * 2 * size * size * in_features * out_features / 1e9

@@ -11,13 +11,13 @@ once. Usage:
 """
 
 import argparse
-import statistics
-import time
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_timing import round_robin_medians  # scripts/ is on sys.path
 from flanet_jax.models.fla import FullyAttentionalBlock
 
 SHAPE = (1, 96, 96, 512)
@@ -61,21 +61,15 @@ def main():
       forward, training, variables = programs(chunk, dtype)
       rows[dtype, chunk] = (temp_mb(forward, variables, x),
                             temp_mb(training, variables['params'], x))
-      timed[dtype, chunk] = (jax.jit(training), variables['params'])
-      jax.block_until_ready(timed[dtype, chunk][0](timed[dtype, chunk][1], x))  # compile
-  times = {key: [] for key in timed}
-  for _ in range(args.repeats):
-    for key, (fn, params) in timed.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, x))
-      times[key].append(time.perf_counter() - start)
+      timed[dtype, chunk] = functools.partial(jax.jit(training), variables['params'], x)
+  times = round_robin_medians(timed, args.repeats)
 
   print('| Compute | `fla_chunk_size` | Forward temp (MB) | Forward+backward temp (MB) | '
         'Forward+backward time (s) |')
   print('| --- | --- | ---: | ---: | ---: |')
   for (dtype, chunk), (fwd, train) in rows.items():
     print(f'| {jnp.dtype(dtype).name} | {chunk or "0 (all at once)"} | {fwd:.1f} | {train:.1f} | '
-          f'{statistics.median(times[dtype, chunk]):.2f} |')
+          f'{times[dtype, chunk]:.2f} |')
 
 
 if __name__ == '__main__':

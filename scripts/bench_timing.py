@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the median wall time of repeated compiled train steps."""
+"""Shared by the benchmark scripts: median wall times of repeated compiled calls."""
 
 import statistics
 import time
@@ -18,3 +18,17 @@ def median_step_time(compiled, state, batch, steps: int):
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   return state, metrics, statistics.median(times)
+
+
+def round_robin_medians(runs, repeats: int):
+  """{name: median seconds} of `runs` ({name: zero-argument call}): each called once untimed
+  (compilation), then `repeats` rounds timing each once, so slow drifts hit all alike."""
+  for run in runs.values():
+    jax.block_until_ready(run())
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}

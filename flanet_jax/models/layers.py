@@ -81,8 +81,9 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
 
 def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
   """Where the matmul form is faster on CPU (scripts/bench_conv_kernel_grad.py): 1x1
-  convolutions, and stride-1 ones whose kernel gradient costs >= 1 GFLOP (below that XLA's is
-  as fast or faster; strided ones keep XLA's). Grouped convolutions keep XLA's."""
+  convolutions, and stride-1 ones whose kernel gradient costs >= 1 GFLOP, where the matmuls won
+  on both CPUs measured (below it they disagree; strided ones keep XLA's). Grouped
+  convolutions keep XLA's."""
   if groups != 1:
     return False
   k, in_features, out_features = kernel.shape[0], kernel.shape[2], kernel.shape[3]
