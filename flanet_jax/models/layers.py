@@ -123,14 +123,14 @@ def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _phase_taps(kernel, axis: int):
-  """{(phase, tap): kernel taps summed} along `axis` (3 taps) for a nearest-x2-upsampled input.
+def _phase_taps(kernel):
+  """{(phase, tap): kernel taps summed} along axis 0 (3 taps) for a nearest-x2-upsampled input.
 
   An output row 2a + s of a 3x3 conv (padding 1) of the upsampled input reads input rows
   a-1, a, a (s = 0) or a, a, a+1 (s = 1): per phase, 2 input taps (offsets -1, 0 for s = 0;
   0, +1 for s = 1) whose weights are sums of the 3 kernel taps.
   """
-  k0, k1, k2 = (jax.lax.index_in_dim(kernel, i, axis, keepdims=False) for i in range(3))
+  k0, k1, k2 = kernel
   return {(0, 0): k0, (0, 1): k1 + k2, (1, 0): k0 + k1, (1, 1): k2}
 
 
@@ -138,8 +138,8 @@ def _phase_kernel(kernel):
   """(3, 3, Ci, Co) -> (2, 2, Ci, 4 * Co): the four phases' 2x2 kernels stacked on the output
   channels, phase (s, t) at channels [(2s + t) Co, (2s + t + 1) Co)."""
   in_features, out_features = kernel.shape[2:]
-  rows = _phase_taps(kernel, 0)  # (s, i) -> (3, Ci, Co) column taps
-  cols = {key: _phase_taps(taps, 0) for key, taps in rows.items()}  # (t, j) -> (Ci, Co)
+  rows = _phase_taps(kernel)  # (s, i) -> (3, Ci, Co) column taps
+  cols = {key: _phase_taps(taps) for key, taps in rows.items()}  # (t, j) -> (Ci, Co)
   phase_kernel = jnp.stack([
       jnp.stack([
           jnp.stack([cols[s, i][t, j] for s in (0, 1) for t in (0, 1)], axis=1)  # (Ci, 4, Co)
