@@ -2,6 +2,7 @@
 
 import functools
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +98,24 @@ def test_workers_and_resume_position_give_the_same_stream(tiny_dataset):
   fresh = pipeline.train_iterator(dataset, workers=0)
   fresh.set_state(state)
   np.testing.assert_array_equal(next(fresh)['image'], next(serial)['image'])
+
+
+def test_training_stream_reads_only_a_few_batches_ahead(tiny_dataset):
+  """The next batch is prepared while a step runs, but no more than a few: grain's default
+  read-ahead (500 batches) would hold gigabytes at paper crop sizes."""
+  source = cityscapes.CityscapesSource(str(tiny_dataset), 'train')
+  transformed = []
+
+  def counting_transform(example, rng):
+    transformed.append(1)
+    return _transform()(example, rng)
+
+  dataset = pipeline.train_dataset(source, counting_transform, global_batch=2, seed=0,
+                                   process_index=0, process_count=1)
+  iterator = pipeline.train_iterator(dataset, workers=0)
+  next(iterator)
+  time.sleep(1.0)  # ample time for reader threads to run ahead
+  assert 2 <= len(transformed) <= 2 * (1 + 2 + 2)  # this batch, the buffer, one per thread
 
 
 def test_eval_batches_cover_every_image_once_with_uneven_batches(tiny_dataset):
