@@ -50,6 +50,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
   (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # Running statistics keep their stored dtype: a float64 compute dtype would otherwise change
+  # the state's types after step 1 and compile the step a second time.
+  batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), batch_stats,
+                             state.batch_stats)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   step_metrics = {'loss': loss, 'lr': schedule(state.step), **parts}
