@@ -3,8 +3,10 @@
 import pathlib
 
 import jax
+import jax.numpy as jnp
 
 from configs import default
+from flanet_jax import step
 from flanet_jax.data import synthetic
 
 
@@ -40,6 +42,39 @@ def tiny_config(data_root, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def init_variables(model, seed: int, image_shape=(1, 32, 32, 3)):
+  """`step.init_variables` (the same values), jitted with the seed as an argument: one
+  compile per model for the whole suite (the persistent cache), where running it op by op
+  compiles every initialiser and layer anew."""
+  return jax.jit(step.init_variables, static_argnums=(0, 2))(model, seed, image_shape)
+
+
+def random_variables(rng, variables):
+  """`variables` (arrays or the ShapeDtypeStructs of `jax.eval_shape(model.init...)`) with
+  every leaf replaced by fresh random values: BN variances in [0.5, 1.5], attention gammas
+  of magnitude 0.5 to 1 (0, their init, would hide the block), EMANet bases ~ N(0, 0.2),
+  everything else ~ N(0, 0.1). Cheaper than running a model's initialisers, which compiles
+  a random generator per parameter."""
+
+  def randomise(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']"):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name.endswith("['gamma']"):
+      value = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0, leaf.shape)
+    else:
+      value = rng.normal(0.0, 0.2 if name.endswith("['bases']") else 0.1, leaf.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(randomise, variables)
+
+
+def random_init(rng, module, inputs):
+  """`random_variables` shaped like `module`'s for `inputs`, without running its init."""
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), inputs, train=False))
+  return random_variables(rng, abstract)
 
 
 def randomise_batch_norms_(model, seed: int):

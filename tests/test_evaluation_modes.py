@@ -23,7 +23,7 @@ def test_sharded_ms_flip_slide_evaluation_of_mixed_sizes(ade_root):
       'eval.crop_size': (16, 16), 'eval.stride': (10, 10), 'eval.multi_scale': True,
       'eval.scales': (0.75, 1.0), 'eval.flip': True, 'eval.size_divisor': 8})
   model, mesh = build_model(config.model), parallel.make_mesh()
-  variables = jax.device_put(step.init_variables(model, 0, (1, 32, 32, 3)),
+  variables = jax.device_put(support.init_variables(model, 0),
                              parallel.replicated(mesh))
   evaluator = Evaluator(config, model, mesh)
   (indices, maps), = list(evaluator.predictions(variables))  # 3 images + 5 padding rows

@@ -7,6 +7,7 @@ import pytest
 
 from flanet_jax.models.fla import FullyAttentionalBlock, full_attention
 from flanet_jax.models.layers import ConvBN
+from tests import support
 
 
 def _softmax64(e):
@@ -44,20 +45,6 @@ def _numpy_conv3x3_bn_relu(x, kernel, bn_params, bn_stats):
   return np.maximum((y - bn_stats['mean']) * scale + bn_params['bias'], 0.0)
 
 
-def _random_variables(rng, block, x):
-  """Initialised variables with every leaf replaced by fresh random values (gamma != 0)."""
-  variables = block.init(jax.random.key(int(rng.integers(1 << 30))), x, train=False)
-
-  def randomise(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if 'var' in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
-    scale = 0.5 if 'gamma' in name else 0.1
-    return jnp.asarray(rng.normal(0.0, scale, leaf.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(randomise, variables)
-
-
 def _to64(tree):
   return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
@@ -68,7 +55,7 @@ def test_fla_block_matches_numpy_reference(height, width, chunk_size):
   channels = 16
   x = rng.normal(size=(1, height, width, channels)).astype(np.float32)
   block = FullyAttentionalBlock(channels, chunk_size=chunk_size)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   got = np.asarray(block.apply(variables, x, train=False), np.float64)
 
   p, s = _to64(variables['params']), _to64(variables['batch_stats'])
@@ -87,7 +74,7 @@ def test_fla_is_per_sample():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(3, 10, 7, 8)).astype(np.float32)
   block = FullyAttentionalBlock(8)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   base = np.asarray(block.apply(variables, x, train=False))
 
   changed = x.copy()
@@ -104,7 +91,7 @@ def test_gamma_zero_is_conv_bn_relu():
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(2, 6, 11, 8)), jnp.float32)
   block = FullyAttentionalBlock(8)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   variables['params']['gamma'] = jnp.zeros(())
   got = block.apply(variables, x, train=False)
   fuse = {'params': variables['params']['fuse'], 'batch_stats': variables['batch_stats']['fuse']}
@@ -157,7 +144,7 @@ def test_chunked_block_matches_plain_block_outputs_and_gradients():
   rng = np.random.default_rng(11)
   x = jnp.asarray(rng.normal(size=(2, 10, 13, 16)), jnp.float32)
   cotangent = jnp.asarray(rng.normal(size=(2, 10, 13, 16)), jnp.float32)
-  variables = _random_variables(rng, FullyAttentionalBlock(16), x)
+  variables = support.random_init(rng, FullyAttentionalBlock(16), x)
 
   def run(chunk_size):
     block = FullyAttentionalBlock(16, chunk_size=chunk_size)

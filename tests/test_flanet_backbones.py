@@ -49,13 +49,6 @@ def test_output_module_conv_resolution(backbone, output_upsample, stride):
     assert conv_out.shape[1:3] == (64 // stride, 96 // stride), name
 
 
-def _random_variables(rng, abstract):
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: jnp.asarray(
-          rng.uniform(0.5, 1.5, s.shape) if "'var'" in jax.tree_util.keystr(path)
-          else rng.normal(0.0, 0.1, s.shape), jnp.float32), abstract)
-
-
 @pytest.mark.parametrize('backbone,attention', [('hrnet_w18_small', 'fla'),
                                                 ('shufflenet_v2', 'rcca')])
 def test_gradients_finite_and_nonzero_for_every_parameter(backbone, attention):
@@ -64,7 +57,7 @@ def test_gradients_finite_and_nonzero_for_every_parameter(backbone, attention):
   rng = np.random.default_rng(11)
   images = jnp.asarray(rng.normal(size=(2, 40, 36, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 40, 36)))
-  variables = _random_variables(rng, _abstract_init(model, images.shape))  # gamma != 0
+  variables = support.random_init(rng, model, images)  # gamma != 0
 
   _, grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flanet_jax import metrics, parallel, step
+from flanet_jax import metrics, parallel
 from flanet_jax.data import cityscapes
 from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
@@ -39,7 +39,7 @@ def test_evaluator_counts_every_pixel_once_with_uneven_batches(tiny_dataset, eva
   config = support.tiny_config(tiny_dataset, **{'data.eval_batch_size': eval_batch_size})
   model = build_model(config.model)
   mesh = parallel.make_mesh()
-  variables = jax.device_put(step.init_variables(model, 0, (1, 32, 32, 3)),
+  variables = jax.device_put(support.init_variables(model, 0),
                              parallel.replicated(mesh))
   evaluator = Evaluator(config, model, mesh)
   seen = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flanet_jax.models import build_model
+from tests import support
 
 
 def _model(**kwargs):
@@ -21,10 +22,7 @@ def _batch(shape=(2, 48, 56)):
 
 
 def _init(model, images):
-  variables = model.init({'params': jax.random.key(0)}, images, train=False)
-  if 'attention' in variables['params']:
-    variables['params']['attention']['gamma'] = jnp.asarray(0.5)  # 0 would hide the block
-  return variables
+  return support.random_init(np.random.default_rng(1), model, images)  # gamma != 0
 
 
 def _loss_and_grads(model, variables, images, labels):

@@ -66,8 +66,9 @@ def test_output_shapes(backbone, size):
 
 def test_train_and_eval_modes():
   model = _model(num_classes=5, backbone='resnet18', attention='fla')
-  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 33, 47, 3)), jnp.float32)
-  variables = model.init({'params': jax.random.key(0)}, images, train=False)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(2, 33, 47, 3)), jnp.float32)
+  variables = support.random_init(rng, model, images)
   train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={'dropout': key},
                                                 mutable=['batch_stats']))
   evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -92,14 +93,10 @@ def test_gradients_finite_and_nonzero_for_every_parameter(attention):
   rng = np.random.default_rng(3)
   images = jnp.asarray(rng.normal(size=(2, 32, 40, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 4, size=(2, 32, 40)))
-  variables = model.init({'params': jax.random.key(0)}, images, train=False)
+  variables = support.random_init(rng, model, images)  # gamma != 0: the prior layers learn
   params = variables['params']
-  if attention == 'fla':
-    # gamma starts at 0, which would hide the gradient of the prior Linear layers.
-    params['attention']['gamma'] = jnp.asarray(0.5)
 
-  _, grads = support.flanet_loss_and_grads(model, {**variables, 'params': params}, images,
-                                          labels, 4)
+  _, grads = support.flanet_loss_and_grads(model, variables, images, labels, 4)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     g = np.asarray(g)
     assert np.isfinite(g).all(), jax.tree_util.keystr(path)
@@ -117,12 +114,12 @@ def test_build_model_rejects_unknown_keys_and_names():
 
 
 def test_bfloat16_compute_keeps_parameters_statistics_and_logits_in_float32():
-  images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 40, 48, 3)), jnp.float32)
+  rng = np.random.default_rng(5)
+  images = jnp.asarray(rng.normal(size=(2, 40, 48, 3)), jnp.float32)
   kwargs = dict(num_classes=5, backbone='resnet18', head_features=32, aux_features=16)
   model32 = build_model(ml_collections.ConfigDict(kwargs))
   model16 = build_model(ml_collections.ConfigDict(kwargs), dtype='bfloat16')
-  variables = model32.init({'params': jax.random.key(0)}, images, train=False)
-  variables['params']['attention']['gamma'] = jnp.asarray(0.5)
+  variables = support.random_init(rng, model32, images)
 
   def apply(model, params):
     outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},

@@ -93,26 +93,6 @@ REFERENCES = {
 }
 
 
-def _random_variables(rng, block, x):
-  """Initialised variables with every leaf replaced by fresh random values, |gamma| >= 0.5."""
-  variables = block.init(jax.random.key(int(rng.integers(1 << 30))), x, train=False)
-  return _random_variables_like(rng, variables)
-
-
-def _random_variables_like(rng, variables):
-  def randomise(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "'var'" in name:
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    elif 'gamma' in name:
-      value = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0, leaf.shape)
-    else:
-      value = rng.normal(0.0, 0.2 if 'bases' in name else 0.1, leaf.shape)
-    return jnp.asarray(value, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(randomise, variables)
-
-
 def _to64(tree):
   return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
@@ -129,7 +109,7 @@ def test_block_matches_numpy_reference(name, height, width):
   rng = np.random.default_rng([height, width, len(name)])
   x = rng.normal(size=(2, height, width, 16)).astype(np.float32)
   block = NONLOCAL_BLOCKS[name](16)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   got = np.asarray(block.apply(variables, x, train=False), np.float64)
 
   p, s = _to64(variables['params']), _to64(variables['batch_stats'])
@@ -145,7 +125,7 @@ def test_block_is_per_sample(name):
   rng = np.random.default_rng(len(name))
   x = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
   block = NONLOCAL_BLOCKS[name](16)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   apply = jax.jit(lambda x: block.apply(variables, x, train=False))
   base = np.asarray(apply(x))
 
@@ -163,7 +143,7 @@ def test_ema_bases_moving_average_in_training_only():
   rng = np.random.default_rng(7)
   x = rng.normal(size=(3, 4, 6, 16)).astype(np.float32)
   block = NONLOCAL_BLOCKS['ema'](16)
-  variables = _random_variables(rng, block, x)
+  variables = support.random_init(rng, block, x)
   _, updated = block.apply(variables, x, train=True, mutable=['batch_stats'])
   _, eval_state = block.apply(variables, x, train=False, mutable=['batch_stats'])
 
@@ -214,11 +194,7 @@ def test_flanet_forward_and_gradient_with_every_nonlocal_attention(attention):
   rng = np.random.default_rng(5)
   images = jnp.asarray(rng.normal(size=(2, 32, 24, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 32, 24)))
-  # Random values in place of the initialisers (cheaper to run; gamma != 0 so that the
-  # query/key/value convs receive gradients).
-  abstract = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, images,
-                                               train=False))
-  variables = _random_variables_like(rng, abstract)
+  variables = support.random_init(rng, model, images)  # gamma != 0: q/k/v convs learn
 
   loss, grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
   assert np.isfinite(float(loss))

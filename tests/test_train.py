@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flanet_jax import checkpoint, evaluate, parallel, step, train
+from flanet_jax import checkpoint, evaluate, parallel, train
 from flanet_jax.models import build_model
 from tests import support
 
@@ -109,7 +109,7 @@ def test_unknown_config_key_is_rejected_by_the_entry_point(tmp_path):
 def test_init_from_fills_the_backbone_of_a_fresh_run(tiny_dataset, tmp_path):
   config = support.tiny_config(tiny_dataset)
   model, mesh = build_model(config.model), parallel.make_mesh()
-  donor = jax.device_get(step.init_variables(model, 123, (1, 32, 32, 3)))
+  donor = jax.device_get(support.init_variables(model, 123))
   checkpoint.save_variables(tmp_path / 'backbone', {
       'params': donor['params']['backbone'], 'batch_stats': donor['batch_stats']['backbone']})
   config.init_from = str(tmp_path / 'backbone')
