@@ -9,9 +9,9 @@ temporary folder, then measures images/s of
   transform: decode + the paper's augmentation (resize to 0.5-2x, 768x768 cat-max-ratio
              crop, flip, photometric distortion, normalise), one process;
   pipeline:  the grain training pipeline (shuffle, seeded transforms, batches of 8) with
-             N worker processes (0: in the main process, with grain's reader threads),
-             in steady state: grain's threads compute up to 16 batches ahead, so the first
-             `--warmup` batches (start-up and that burst) are not timed.
+             N worker processes (0: in the main process, two reader threads), in steady
+             state: the first `--warmup` batches (start-up, and the two batches each process
+             prepares ahead, pipeline.read_options) are not timed.
 It prints a Markdown table and how many cores (workers) feed one accelerator that consumes
 `images_per_accelerator` images per step, for a few step times.
 """
