@@ -49,9 +49,9 @@ def main():
     times = round_robin_medians({'xla': lambda: xla(*inputs), 'matmul': lambda: matmul(*inputs)},
                                 args.repeats)
     t_xla, t_matmul = times['xla'], times['matmul']
-    chosen = layers._use_matmul_kernel_grad(inputs[0], jnp.zeros((3, 3, in_features,
-                                                                  out_features)), 1, 1)
-    gflop = 2 * 9 * 2 * size * size * in_features * out_features / 1e9
+    kernel = jnp.zeros((3, 3, in_features, out_features))
+    chosen = layers._use_matmul_kernel_grad(inputs[0], kernel, 1, 1)
+    gflop = layers.kernel_grad_flops(inputs[0].shape, kernel.shape) / 1e9
     print(f'| {size} | {in_features} -> {out_features} | {gflop:.2f} | {t_xla * 1e3:.1f} | '
           f'{t_matmul * 1e3:.1f} | {t_xla / t_matmul:.2f} | {"matmuls" if chosen else "XLA"} |',
           flush=True)

@@ -89,6 +89,17 @@ def test_conv_kernel_gradient_on_cpu_is_a_matmul_where_chosen(features, kernel, 
   assert ('convolution(' not in hlo) == matmul
 
 
+@pytest.mark.parametrize('kernel', [1, 3])
+def test_kernel_grad_flops_match_xla_cost_analysis(kernel):
+  x_shape, kernel_shape = (2, 16, 12, 8), (kernel, kernel, 8, 4)
+  x, w, d_out = jnp.ones(x_shape), jnp.ones(kernel_shape), jnp.ones((2, 16, 12, 4))
+  grad = jax.jit(lambda x, w, d: jax.vjp(lambda w: layers._conv(x, w, 1, 1, 1), w)[1](d)[0])
+  xla = grad.lower(x, w, d_out).compile().cost_analysis()['flops']
+  # XLA counts only the taps that land inside the image: (3H - 2)(3W - 2) of 9HW for 3x3.
+  inside = 1.0 if kernel == 1 else (3 * 16 - 2) * (3 * 12 - 2) / (9 * 16 * 12)
+  assert layers.kernel_grad_flops(x_shape, kernel_shape) * inside == pytest.approx(xla)
+
+
 @pytest.mark.parametrize('size', [(5, 7), (6, 6)])
 def test_conv_of_upsampled_input_matches_torch(size):
   """Conv(upsample_2x=True) = the official nn.Upsample(scale_factor=2) then a 3x3 conv."""

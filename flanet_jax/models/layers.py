@@ -79,6 +79,14 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
   return d_kernel.transpose(0, 2, 1).reshape(k, k, in_features, out_features).astype(x.dtype)
 
 
+def kernel_grad_flops(x_shape, kernel_shape) -> int:
+  """FLOPs of a stride-1 convolution's kernel gradient (multiply-add = 2), counting the
+  zero-padded border as the matmul form computes it (XLA's cost analysis leaves it out)."""
+  batch, height, width, _ = x_shape
+  k, _, in_features, out_features = kernel_shape
+  return 2 * k * k * batch * height * width * in_features * out_features
+
+
 def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
   """Where the matmul form is faster on CPU (scripts/bench_conv_kernel_grad.py): 1x1
   convolutions, and stride-1 ones whose kernel gradient costs >= 1 GFLOP, where the matmuls won
@@ -86,9 +94,8 @@ def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
   convolutions keep XLA's."""
   if groups != 1:
     return False
-  k, in_features, out_features = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-  flops = 2 * k * k * x.shape[0] * x.shape[1] * x.shape[2] * in_features * out_features
-  return k == 1 or (strides == 1 and flops >= 1e9)
+  return kernel.shape[0] == 1 or (strides == 1 and
+                                  kernel_grad_flops(x.shape, kernel.shape) >= 1e9)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
