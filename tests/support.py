@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from configs import default
-from flanet_jax import step
+from flanet_jax import optim, step
 from flanet_jax.data import synthetic
+from flanet_jax.models import build_model
 
 
 def write_tiny_dataset(root: pathlib.Path, num_train=16, num_val=6, height=40, width=72,
@@ -49,6 +50,26 @@ def init_variables(model, seed: int, image_shape=(1, 32, 32, 3)):
   compile per model for the whole suite (the persistent cache), where running it op by op
   compiles every initialiser and layer anew."""
   return jax.jit(step.init_variables, static_argnums=(0, 2))(model, seed, image_shape)
+
+
+def abstract_train_step(config):
+  """(state, new state, metrics) of one train step of `config`'s model at its batch and crop
+  size, traced (`jax.eval_shape`): nothing compiled."""
+  model = build_model(config.model, config.dtype)
+  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *config.data.crop_size, 3),
+                                         jnp.float32),
+           'label': jax.ShapeDtypeStruct((config.batch_size, *config.data.crop_size), jnp.int32)}
+
+  def init_and_step(batch):
+    variables = step.init_variables(model, config.seed, (1, 64, 64, 3))
+    tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                        variables['params'])
+    state = step.create_train_state(variables, tx, config.seed)
+    new_state, metrics = step.train_step(state, batch, model=model, tx=tx, schedule=schedule,
+                                         loss_config=config.loss)
+    return state, new_state, metrics
+
+  return jax.eval_shape(init_and_step, batch)
 
 
 def random_variables(rng, variables):

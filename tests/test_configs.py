@@ -26,12 +26,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import backbones, default, table2, table3
-from flanet_jax import data, inference, optim, step, train
+from flanet_jax import data, inference, step, train
 from flanet_jax.convert.registry import get_arch
 from flanet_jax.data import transforms, voc_aug
 from flanet_jax.models import build_model
 from flanet_jax.models.flanet import ATTENTION_BLOCKS
-from tests import layouts
+from tests import layouts, support
 
 REPO = pathlib.Path(__file__).parents[1]
 MODULES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
@@ -125,29 +125,10 @@ def test_imagenet_weights_of_each_backbone_fit_its_model(backbone):
   assert {k: v.shape for k, v in template.items()} == want
 
 
-def _abstract_train_step(config):
-  """One train step of the config's own model at its paper batch and crop size, traced."""
-  model = build_model(config.model, config.dtype)
-  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *config.data.crop_size, 3),
-                                         jnp.float32),
-           'label': jax.ShapeDtypeStruct((config.batch_size, *config.data.crop_size), jnp.int32)}
-
-  def init_and_step(batch):
-    variables = step.init_variables(model, config.seed, (1, 64, 64, 3))
-    tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                        variables['params'])
-    state = step.create_train_state(variables, tx, config.seed)
-    new_state, metrics = step.train_step(state, batch, model=model, tx=tx, schedule=schedule,
-                                         loss_config=config.loss)
-    return state, new_state, metrics
-
-  return jax.eval_shape(init_and_step, batch)
-
-
 @pytest.mark.parametrize('module,arg', EXPERIMENTS)
 def test_config_traces_its_paper_size_train_step(module, arg):
   config = _config(module, arg)
-  state, new_state, metrics = _abstract_train_step(config)
+  state, new_state, metrics = support.abstract_train_step(config)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert all(a.shape == b.shape and a.dtype == b.dtype
              for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)))

@@ -2,15 +2,12 @@
 train step donates the state it replaces (8 simulated devices)."""
 
 import contextlib
-import functools
 
 import jax
-import jax.numpy as jnp
 import pytest
 from jax._src.array import ArrayImpl
 
-from flanet_jax import optim, step, train
-from flanet_jax.models import build_model
+from flanet_jax import train
 from tests import support
 
 
@@ -74,16 +71,8 @@ def test_train_step_returns_the_state_types_it_takes(tiny_dataset, dtype):
   """Otherwise the second step compiles again (a float64 BN update once made the running
   statistics float64)."""
   config = support.tiny_config(tiny_dataset, dtype=dtype)
-  model = build_model(config.model, dtype)
   with jax.enable_x64(dtype == 'float64'):
-    variables = jax.eval_shape(lambda: step.init_variables(model, 0, (1, 32, 32, 3)))
-    tx, schedule = optim.make_optimizer(config.optimizer, 10, variables['params'])
-    state = jax.eval_shape(lambda v: step.create_train_state(v, tx, 0), variables)
-    batch = {'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32),
-             'label': jax.ShapeDtypeStruct((8, 32, 32), jnp.int32)}
-    new_state, _ = jax.eval_shape(functools.partial(
-        step.train_step, model=model, tx=tx, schedule=schedule, loss_config=config.loss),
-        state, batch)
+    state, new_state, _ = support.abstract_train_step(config)
   types = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype)
                         for p, x in jax.tree_util.tree_leaves_with_path(tree)]
   assert types(new_state) == types(state)
