@@ -25,8 +25,8 @@ def _init(model, images):
   return support.random_init(np.random.default_rng(1), model, images)  # gamma != 0
 
 
-def _loss_and_grads(model, variables, images, labels):
-  """(loss, new batch statistics), gradients: a training forward and backward pass."""
+def _loss_fn(model, variables, images, labels):
+  """params -> (loss, new batch statistics) of a training forward pass."""
 
   def loss_fn(params):
     outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
@@ -36,6 +36,12 @@ def _loss_and_grads(model, variables, images, labels):
     loss = sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
     return loss, updates['batch_stats']
 
+  return loss_fn
+
+
+def _loss_and_grads(model, variables, images, labels):
+  """(loss, new batch statistics), gradients: a training forward and backward pass."""
+  loss_fn = _loss_fn(model, variables, images, labels)
   return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
 
 
@@ -73,10 +79,15 @@ def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone
   remat_shapes = jax.eval_shape(lambda: _init(remat, images))
   assert jax.tree.structure(remat_shapes) == jax.tree.structure(variables)  # same names
 
-  (loss, stats), grads = _loss_and_grads(remat, variables, images, labels)
-  (want_loss, want_stats), want_grads = _loss_and_grads(plain, variables, images, labels)
+  if backbone == 'resnet18':  # gradients through `layers.rematerialised` (every backbone's)
+    (loss, stats), grads = _loss_and_grads(remat, variables, images, labels)
+    (want_loss, want_stats), want_grads = _loss_and_grads(plain, variables, images, labels)
+    _assert_trees_close(grads, want_grads, rtol=1e-5)
+  else:  # the wrapped blocks compute what the plain ones do (a third of the compile time)
+    forward = lambda model: jax.jit(_loss_fn(model, variables, images, labels))(
+        variables['params'])
+    (loss, stats), (want_loss, want_stats) = forward(remat), forward(plain)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-  _assert_trees_close(grads, want_grads, rtol=1e-5)
   _assert_trees_close(stats, want_stats, rtol=1e-6)
   # The blocks really are recomputed: the forward pass saves less for the backward pass.
   images = jnp.zeros((2, 128, 128, 3))
