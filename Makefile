@@ -18,8 +18,10 @@ $(VENV)/.dev: $(VENV)/.core requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Two pytest processes (pytest-xdist), each test file in one of them: one process alone kept
+# 1.4 of 2 cores busy (compiling and tracing are mostly single-threaded).
 test: $(VENV)/.dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(VENV)/.core
 	$(PY) -m flanet_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
