@@ -16,15 +16,6 @@ def pytest_configure(config):
 
 import pytest  # noqa: E402  (after the environment above)
 
-# The files that take minutes, run first: `make test` gives whole files to two processes in
-# collection order, and one of these started last would run alone at the end.
-LONG_FILES = ('test_train.py', 'test_configs.py', 'test_multiprocess.py',
-              'test_model_options.py')
-
-
-def pytest_collection_modifyitems(items):
-  items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: files stay whole
-
 
 @pytest.fixture(scope='session')
 def tiny_dataset(tmp_path_factory):
