@@ -3,8 +3,8 @@
 In float64 the two agree to float32 rounding of the parameters, which shows the computation is
 the same: BatchNorm statistics are over the global batch. In float32 the gradients of a deep
 BN network at initialisation are themselves only accurate to ~0.5% (cancelling sums in BN's
-backward pass), so there the 8-device updates (the gradients, scaled) are held to that accuracy,
-measured against float64, while the loss and the BN statistics agree to 1e-5.
+backward pass), so there the 8-device step is held to float32's accuracy against the float64
+one-device step: updates (the gradients, scaled) within 2%, loss and BN statistics to 1e-5.
 """
 
 import functools
@@ -53,7 +53,7 @@ def _assert_close(actual, desired, rtol, rms_atol=0.0):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """One train step on 1 and on 8 devices, in float32 and float64, same batch and init."""
+  """One train step in float64 on 1 and on 8 devices and in float32 on 8, same batch and init."""
   config = support.tiny_config(tmp_path_factory.mktemp('unused'), batch_size=8)
   config.model.dropout_rate = 0.0  # float64 draws other dropout masks than float32
   config.optimizer.learning_rate = 1.0  # updates far above the params' float32 rounding
@@ -64,11 +64,10 @@ def runs(tmp_path_factory):
   variables = jax.device_get(support.init_variables(build_model(config.model), 0))
   variables['params']['attention']['gamma'] = np.float32(0.5)  # every parameter in play
   results = {}
-  for dtype in ('float32', 'float64'):
+  for dtype, count in [('float64', 1), ('float64', 8), ('float32', 8)]:
     with jax.enable_x64(dtype == 'float64'):
       model = build_model(config.model, dtype)
-      for count in (1, 8):
-        results[dtype, count] = _run_on(jax.devices()[:count], model, config, variables, batch)
+      results[dtype, count] = _run_on(jax.devices()[:count], model, config, variables, batch)
   return variables, results
 
 
@@ -91,21 +90,11 @@ def test_eight_devices_match_one_device_in_float64(runs):
   assert np.abs(first_bn - variables['batch_stats']['backbone']['bn1']['mean']).max() > 1e-3
 
 
-def _assert_within_float32_accuracy(tree8, tree1, reference):
-  """||t8 - t1|| per leaf is no larger than their float32 errors against float64 (+1e-6)."""
-  diff, norm = _leaf_errors(tree8, tree1)
-  error1, _ = _leaf_errors(tree1, reference)
-  error8, _ = _leaf_errors(tree8, reference)
-  for leaf in diff:
-    assert diff[leaf] <= error1[leaf] + error8[leaf] + 1e-6 * norm[leaf], leaf
-  assert max(diff[k] / norm[k] for k in diff if norm[k] > 0) < 0.02
-
-
-def test_eight_devices_match_one_device_in_float32(runs):
+def test_eight_devices_in_float32_match_one_device_in_float64_to_float32_accuracy(runs):
   variables, results = runs
-  (state1, metrics1), (state8, metrics8) = results['float32', 1], results['float32', 8]
-  assert abs(metrics8['loss'] - metrics1['loss']) <= 1e-5 * metrics1['loss']
-  _assert_close(state8.batch_stats, state1.batch_stats, rtol=1e-5)
-  state64, _ = results['float64', 1]
-  _assert_within_float32_accuracy(_update(state8, variables), _update(state1, variables),
-                                  _update(state64, variables))
+  (state8, metrics8), (state64, metrics64) = results['float32', 8], results['float64', 1]
+  assert abs(metrics8['loss'] - metrics64['loss']) <= 1e-5 * metrics64['loss']
+  _assert_close(state8.batch_stats, state64.batch_stats, rtol=1e-5)
+  diff, norm = _leaf_errors(_update(state8, variables), _update(state64, variables))
+  assert all(norm.values())  # every parameter moved
+  assert max(diff[k] / norm[k] for k in diff) < 0.02
