@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flanet_jax import parallel, train
+from flanet_jax import optim, parallel, train
 from flanet_jax.models import build_model
 from tests import support
 
@@ -40,10 +40,15 @@ def collectives(hlo: str):
 
 
 def _setup(**model_overrides):
+  """(state, jitted train step, batch) as train.py builds them; state and batch are shapes
+  with their shardings (lowering needs no values, so no init is compiled or run)."""
   config = support.tiny_config('unused', **{f'model.{k}': v for k, v in model_overrides.items()})
   mesh = parallel.make_mesh()
   model = build_model(config.model)
-  state, tx, schedule = train.initial_state(config, model, mesh, load_pretrained=False)
+  shapes = jax.eval_shape(
+      lambda: train.initial_state(config, model, mesh, load_pretrained=False)[0])
+  state = jax.tree.map(lambda x: x.update(sharding=parallel.replicated(mesh)), shapes)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps, state.params)
   step = train._make_train_step(config, model, tx, schedule, mesh)
   sharding = parallel.batch_sharding(mesh)
   batch = {'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32, sharding=sharding),
@@ -83,8 +88,7 @@ def test_the_check_sees_wrongly_sharded_parameters():
   state, step, batch, mesh = _setup()
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   sharded = lambda x: NamedSharding(mesh, P('data') if x.ndim and x.shape[0] % 8 == 0 else P())
-  wrong_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded(x)),
-                             state)
+  wrong_state = jax.tree.map(lambda x: x.update(sharding=sharded(x)), state)
   wrong = jax.jit(step.__wrapped__, in_shardings=(jax.tree.map(sharded, state), batch_sharding),
                   out_shardings=(replicated, replicated))
   ops = {op for op, _, _ in collectives(wrong.lower(wrong_state, batch).compile().as_text())}
