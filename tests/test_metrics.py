@@ -39,8 +39,8 @@ def test_evaluator_counts_every_pixel_once_with_uneven_batches(tiny_dataset, eva
   config = support.tiny_config(tiny_dataset, **{'data.eval_batch_size': eval_batch_size})
   model = build_model(config.model)
   mesh = parallel.make_mesh()
-  variables = jax.device_put(support.init_variables(model, 0),
-                             parallel.replicated(mesh))
+  variables = support.random_init(np.random.default_rng(0), model, jnp.zeros((1, 32, 32, 3)))
+  variables = jax.device_put(variables, parallel.replicated(mesh))  # (no init compiled)
   evaluator = Evaluator(config, model, mesh)
   seen = []
   result = evaluator.run(variables, lambda indices, maps: seen.extend(indices))
