@@ -114,15 +114,22 @@ def randomise_batch_norms_(model, seed: int):
   return model.eval()
 
 
-def flanet_loss_and_grads(model, variables, images, labels, num_classes: int):
-  """(loss, gradients w.r.t. params) of a plain cross-entropy summed over FLANet's three
+def flanet_loss_fn(model, variables, images, labels, num_classes: int):
+  """params -> (loss, new batch statistics): a plain cross-entropy summed over FLANet's three
   outputs, in training mode (batch statistics, dropout on)."""
 
   def loss_fn(params):
-    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                             images, train=True, rngs={'dropout': jax.random.key(1)},
-                             mutable=['batch_stats'])
+    outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                   images, train=True, rngs={'dropout': jax.random.key(1)},
+                                   mutable=['batch_stats'])
     one_hot = jax.nn.one_hot(labels, num_classes)
-    return sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
+    loss = sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
+    return loss, updates['batch_stats']
 
-  return jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
+  return loss_fn
+
+
+def flanet_loss_and_grads(model, variables, images, labels, num_classes: int):
+  """((loss, new batch statistics), gradients w.r.t. params) of `flanet_loss_fn`."""
+  loss_fn = flanet_loss_fn(model, variables, images, labels, num_classes)
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])

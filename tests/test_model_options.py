@@ -25,24 +25,9 @@ def _init(model, images):
   return support.random_init(np.random.default_rng(1), model, images)  # gamma != 0
 
 
-def _loss_fn(model, variables, images, labels):
-  """params -> (loss, new batch statistics) of a training forward pass."""
-
-  def loss_fn(params):
-    outputs, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                                   images, train=True, rngs={'dropout': jax.random.key(1)},
-                                   mutable=['batch_stats'])
-    one_hot = jax.nn.one_hot(labels, 4)
-    loss = sum(-(one_hot * jax.nn.log_softmax(o)).sum(-1).mean() for o in outputs)
-    return loss, updates['batch_stats']
-
-  return loss_fn
-
-
 def _loss_and_grads(model, variables, images, labels):
   """(loss, new batch statistics), gradients: a training forward and backward pass."""
-  loss_fn = _loss_fn(model, variables, images, labels)
-  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+  return support.flanet_loss_and_grads(model, variables, images, labels, 4)
 
 
 def _assert_trees_close(got, want, rtol):
@@ -84,8 +69,10 @@ def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone
     (want_loss, want_stats), want_grads = _loss_and_grads(plain, variables, images, labels)
     _assert_trees_close(grads, want_grads, rtol=1e-5)
   else:  # the wrapped blocks compute what the plain ones do (a third of the compile time)
-    forward = lambda model: jax.jit(_loss_fn(model, variables, images, labels))(
-        variables['params'])
+    def forward(model):
+      loss_fn = support.flanet_loss_fn(model, variables, images, labels, 4)
+      return jax.jit(loss_fn)(variables['params'])
+
     (loss, stats), (want_loss, want_stats) = forward(remat), forward(plain)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   _assert_trees_close(stats, want_stats, rtol=1e-6)

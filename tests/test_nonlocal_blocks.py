@@ -196,7 +196,7 @@ def test_flanet_forward_and_gradient_with_every_nonlocal_attention(attention):
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 32, 24)))
   variables = support.random_init(rng, model, images)  # gamma != 0: q/k/v convs learn
 
-  loss, grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
+  (loss, _), grads = support.flanet_loss_and_grads(model, variables, images, labels, 3)
   assert np.isfinite(float(loss))
   assert 'attention' in grads
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
