@@ -55,9 +55,8 @@ def test_short_training_learns_and_eval_mode_reproduces_it(tiny_dataset, tmp_pat
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp_path):
-  config = support.tiny_config(tiny_dataset, num_train_steps=6, log_every_steps=1,
-                               checkpoint_every_steps=3)
-  config.model.dropout_rate = 0.3  # resume must also continue the dropout RNG stream
+  config = support.tiny_config(tiny_dataset, log_every_steps=1, checkpoint_every_steps=3)
+  assert config.model.dropout_rate > 0  # resume must also continue the dropout RNG stream
   train.train_and_evaluate(config, tmp_path / 'straight')
 
   config.stop_at_step = 3
@@ -72,8 +71,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp
 
 
 def test_nonfinite_loss_stops_training_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path):
-  config = support.tiny_config(tiny_dataset, num_train_steps=8, stop_at_step=3,
-                               checkpoint_every_steps=3)
+  config = support.tiny_config(tiny_dataset, stop_at_step=3, checkpoint_every_steps=3)
   train.train_and_evaluate(config, tmp_path)
   config.stop_at_step = 0
   config.optimizer.learning_rate = float('nan')  # every update from step 4 on is NaN
