@@ -116,8 +116,8 @@ def _conv2d_fwd(x, kernel, strides, dilation, groups):
 def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
   x, kernel = residuals
   conv = lambda x, kernel: _conv(x, kernel, strides, dilation, groups)
-  # The convolution is linear in each argument: transposing it traces far less than a VJP
-  # (no linearisation), which matters in networks of hundreds of convolutions.
+  # The convolution is linear in each argument: transposing it skips the linearisation a VJP
+  # traces (R101's train step traced ~20% faster; BENCHMARKS.md "Trace time").
   dx = jax.linear_transpose(lambda x: conv(x, kernel), x)(d_out)[0]
   xla_kernel_grad = lambda x, d_out: jax.linear_transpose(lambda k: conv(x, k), kernel)(d_out)[0]
   if not _use_matmul_kernel_grad(x, kernel, strides, groups):
