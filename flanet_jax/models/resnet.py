@@ -15,7 +15,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2, rematerialised
+from flanet_jax.models.layers import (Conv, Dtype, batch_norm, materialised, max_pool_3x3_s2,
+                                      rematerialised)
 
 
 class _Block(nn.Module):
@@ -33,6 +34,10 @@ class _Block(nn.Module):
     x = Conv(out_features, 1, self.strides, dtype=self.dtype, name='downsample_conv')(x)
     return batch_norm(train, self.dtype, 'downsample_bn')(x)
 
+  def _output(self, out, x, train):
+    """ReLU(out + shortcut), materialised: the residual stream is not recomputed downstream."""
+    return materialised(nn.relu(out + self._shortcut(x, train)))
+
 
 class BasicBlock(_Block):
   expansion = 1
@@ -43,7 +48,7 @@ class BasicBlock(_Block):
     out = nn.relu(batch_norm(train, self.dtype, 'bn1')(out))
     out = Conv(self.planes, 3, 1, self.dilation, dtype=self.dtype, name='conv2')(out)
     out = batch_norm(train, self.dtype, 'bn2')(out)
-    return nn.relu(out + self._shortcut(x, train))
+    return self._output(out, x, train)
 
 
 class Bottleneck(_Block):
@@ -58,7 +63,7 @@ class Bottleneck(_Block):
     out = nn.relu(batch_norm(train, self.dtype, 'bn2')(out))
     out = Conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
     out = batch_norm(train, self.dtype, 'bn3')(out)
-    return nn.relu(out + self._shortcut(x, train))
+    return self._output(out, x, train)
 
 
 _DEPTHS = {
