@@ -186,8 +186,8 @@ def test_batch_norm_matches_torch_train_and_running_stats():
 
 def test_materialised_is_exact_in_values_and_gradients():
   x = np.random.default_rng(5).normal(size=(3, 4, 5, 6)).astype(np.float32)
-  # The first element sets the divisor. (No subnormals: XLA:CPU flushes them to 0 in every
-  # arithmetic op, so a residual stream, the output of an add, never holds one.)
+  # (No subnormals: XLA:CPU flushes them to 0 in every arithmetic op, so a residual stream,
+  # the output of an add, never holds one.)
   x.flat[:5] = [np.nan, np.inf, -np.inf, -0.0, np.finfo(np.float32).tiny]
   y, vjp = jax.vjp(layers.materialised, jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(y), x)

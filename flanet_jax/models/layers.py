@@ -281,11 +281,13 @@ def materialised(x):
   stream (each block's BN affine, add and ReLU) was recomputed inside every later block's
   fusions: work quadratic in depth, about 2 s of FLANet-R101's 13 s CPU train step. Its fusion
   pass does not copy an 'expensive' producer (a float divide is one) into several users, so x
-  is divided by a 1 computed at run time (a constant 1 would be simplified away). Dividing by
+  is divided by 1s computed at run time (a constant 1 would be simplified away). Dividing by
   1 is exact: values and gradients are the same bit for bit (subnormals become 0, as in every
   XLA:CPU arithmetic op, the add that makes a residual stream included).
   """
-  v = jax.lax.stop_gradient(x.reshape(-1)[0])
+  # Element-wise, so each device computes its own (one element of a sharded x would be sent
+  # to every device).
+  v = jax.lax.stop_gradient(x)
   one = (v == v).astype(x.dtype) + (v != v).astype(x.dtype)  # 1 for every v, NaN included
   return x / one
 
