@@ -132,15 +132,16 @@ def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _phase_taps(kernel):
-  """{(phase, tap): kernel taps summed} along axis 0 (3 taps) for a nearest-x2-upsampled input.
+# An output row 2a + s of a 3x3 conv (padding 1) of the nearest-x2-upsampled input reads input
+# rows a-1, a, a (s = 0) or a, a, a+1 (s = 1): per phase s, 2 input taps i (offsets -1, 0 for
+# s = 0; 0, +1 for s = 1), whose weights are sums of 3x3 taps. (s, i) -> the 3x3 taps summed:
+_PHASE_TAPS = {(0, 0): (0,), (0, 1): (1, 2), (1, 0): (0, 1), (1, 1): (2,)}
 
-  An output row 2a + s of a 3x3 conv (padding 1) of the upsampled input reads input rows
-  a-1, a, a (s = 0) or a, a, a+1 (s = 1): per phase, 2 input taps (offsets -1, 0 for s = 0;
-  0, +1 for s = 1) whose weights are sums of the 3 kernel taps.
-  """
-  k0, k1, k2 = kernel
-  return {(0, 0): k0, (0, 1): k1 + k2, (1, 0): k0 + k1, (1, 1): k2}
+
+def _phase_taps(kernel):
+  """{(phase, tap): kernel taps summed} along axis 0 (3 taps) for a nearest-x2-upsampled input."""
+  return {key: functools.reduce(jnp.add, [kernel[r] for r in taps])
+          for key, taps in _PHASE_TAPS.items()}
 
 
 def _phase_kernel(kernel):
@@ -202,12 +203,18 @@ def _conv3x3_of_upsampled_2x_bwd(residuals, d_out):
                                      d_out.dtype)
   d_phases = jax.linear_transpose(_interleave_phases, phase_shape)(d_out)[0]
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
-  per_sample = jnp.stack([  # (B, 2, 2, Ci, 4 Co): the phase kernel's gradient of each sample
-      jnp.stack([jnp.einsum('bhwc,bhwo->bco', x_pad[:, i:i + height + 1, j:j + width + 1],
-                            d_phases, preferred_element_type=accumulate) for j in (0, 1)],
-                axis=1) for i in (0, 1)], axis=1)
-  to_3x3 = jax.linear_transpose(_phase_kernel, jax.ShapeDtypeStruct(kernel.shape, accumulate))
-  d_kernel = jax.vmap(lambda g: to_3x3(g)[0])(per_sample).sum(axis=0)
+  out_features = kernel.shape[3]
+  per_sample = {(i, j): jnp.einsum(  # (B, Ci, 4 Co): the phase kernel's tap (i, j), per sample
+      'bhwc,bhwo->bco', x_pad[:, i:i + height + 1, j:j + width + 1], d_phases,
+      preferred_element_type=accumulate) for i in (0, 1) for j in (0, 1)}
+
+  def tap_grad(r, c):  # the 3x3 tap (r, c): every phase tap it was summed into
+    terms = [per_sample[i, j][..., (2 * s + t) * out_features:(2 * s + t + 1) * out_features]
+             for (s, i), rows in _PHASE_TAPS.items() if r in rows
+             for (t, j), cols in _PHASE_TAPS.items() if c in cols]
+    return functools.reduce(jnp.add, terms).sum(axis=0)
+
+  d_kernel = jnp.stack([jnp.stack([tap_grad(r, c) for c in range(3)]) for r in range(3)])
   return dx, d_kernel.astype(kernel.dtype)
 
 
