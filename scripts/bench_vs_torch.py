@@ -8,13 +8,16 @@ uses one thread per core by default. Cases (fp32):
   FLA block forward+backward 1x512x96x96, train-mode BN, gradients of input and parameters
   FLANet-R101 train step     batch 2, 256x256, CE + 0.4/0.4 aux CE, SGD momentum 0.9, wd 5e-4
   FLANet-R101 eval forward   batch 1, 512x512
+  FLA block parts            (`--cases fla_parts`) forward+backward of the attention alone
+                             and of the 3x3 conv-BN-ReLU alone (input gradient compared)
 Dropout is 0 on both sides (their random masks cannot match); the train step starts from
 gamma 0 (the init), where the original's batch defect (the FLA block pairs sample i with
 another sample's priors at batch > 1) does not change the result, so both compute the same.
 Each case: one untimed call of each (compilation; its outputs are compared: ||ours - torch||
 over ||torch||, for the block's backward the worst of the input and parameter gradients), then
 --repeats timed calls of PyTorch, then --repeats of ours (see `median_times`); medians.
-Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md] [--cases fla,train,eval]
+Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md]
+        [--cases fla,train,eval[,fla_parts]]
 """
 
 import argparse
@@ -28,6 +31,7 @@ import statistics
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +44,7 @@ from flanet_jax import optim, step  # noqa: E402
 from flanet_jax.convert import convert_state_dict, torch_reference  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
 from flanet_jax.models.fla import FullyAttentionalBlock  # noqa: E402
+from flanet_jax.models.layers import ConvBN  # noqa: E402
 
 THREADS = len(os.sched_getaffinity(0))
 CLASSES = 19
@@ -137,6 +142,58 @@ def fla_cases(repeats, chunk_sizes=(None, 4, 16)):
   return rows
 
 
+def _without_fuse(next_fun, args, kwargs, context):
+  """Flax method interceptor: the FLA block's `fuse` conv-BN-ReLU passes its input through."""
+  if context.module.name == 'fuse' and context.method_name == '__call__':
+    return args[0]
+  return next_fun(*args, **kwargs)
+
+
+def fla_parts_case(repeats, chunk=4):
+  """The FLA block's forward+backward split in two: the attention (priors, maps, gamma
+  residual: everything before the 3x3 `conv`) and the `conv` 3x3-BN-ReLU alone."""
+  net, variables = torch_flanet(gamma=0.5)
+  block_vars = {c: variables[c]['attention'] for c in variables}
+  attention_t = copy.deepcopy(net.fully).train()
+  attention_t.conv = torch.nn.Identity()
+  conv_t = copy.deepcopy(net.fully.conv).train()
+  x = np.random.default_rng(0).normal(size=(1, 96, 96, 512)).astype(np.float32)
+  cotangent = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+  x_t, g_t = _nchw(x), _nchw(cotangent)
+  block = FullyAttentionalBlock(512, chunk_size=chunk)
+  fuse = ConvBN(512, 3)
+
+  def attention_loss(params, x):
+    with nn.intercept_methods(_without_fuse):
+      y = block.apply({'params': params, 'batch_stats': block_vars['batch_stats']}, x,
+                      train=True)
+    return jnp.sum(y * cotangent)
+
+  def fuse_loss(params, x):
+    y, _ = fuse.apply({'params': params, 'batch_stats': block_vars['batch_stats']['fuse']}, x,
+                      train=True, mutable=['batch_stats'])
+    return jnp.sum(y * cotangent)
+
+  rows = []
+  for label, module_t, loss, params in (
+      ('attention (before `conv`)', attention_t, attention_loss, block_vars['params']),
+      ('`conv` 3x3-BN-ReLU', conv_t, fuse_loss, block_vars['params']['fuse'])):
+    backward = jax.jit(jax.grad(loss, argnums=(0, 1)))  # PyTorch's fills every .grad too
+
+    def torch_backward(module_t=module_t):
+      module_t.zero_grad()
+      x_grad = x_t.clone().requires_grad_(True)
+      module_t(x_grad).backward(g_t)
+      return x_grad.grad
+
+    agree = rel_diff(backward(params, x)[1], _nhwc(torch_backward()))
+    rows.append((f'FLA block part forward+backward: {label}, fla_chunk_size={chunk}',
+                 *median_times(torch_backward,
+                               lambda: jax.block_until_ready(backward(params, x)), repeats),
+                 agree))
+  return rows
+
+
 def _config():
   config = default.get_config()
   config.model.dropout_rate = 0.0
@@ -218,7 +275,8 @@ def main():
   parser.add_argument('--out', default='', help='also write the Markdown table here')
   args = parser.parse_args()
   torch.set_num_threads(THREADS)
-  cases = {'fla': fla_cases, 'train': train_case, 'eval': eval_case}
+  cases = {'fla': fla_cases, 'fla_parts': fla_parts_case, 'train': train_case,
+           'eval': eval_case}
   rows = []
   for name in args.cases.split(','):
     rows += cases[name](args.repeats)
