@@ -17,7 +17,7 @@ Each case: one untimed call of each (compilation; its outputs are compared: ||ou
 over ||torch||, for the block's backward the worst of the input and parameter gradients), then
 --repeats timed calls of PyTorch, then --repeats of ours (see `median_times`); medians.
 Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md]
-        [--cases fla,train,eval[,fla_parts]]
+        [--cases fla,train,eval[,fla_parts]] [--fla-chunk-size N (train, eval)]
 """
 
 import argparse
@@ -194,17 +194,22 @@ def fla_parts_case(repeats, chunk=4):
   return rows
 
 
-def _config():
+def _config(fla_chunk_size=0):
   config = default.get_config()
+  config.model.fla_chunk_size = fla_chunk_size
   config.model.dropout_rate = 0.0
   config.model.num_classes = CLASSES
   config.loss.name = 'ce'
   return config
 
 
-def train_case(repeats, batch=2, size=256):
+def _chunk_label(fla_chunk_size):
+  return f' (ours: fla_chunk_size={fla_chunk_size})' if fla_chunk_size else ''
+
+
+def train_case(repeats, fla_chunk_size=0, batch=2, size=256):
   net, variables = torch_flanet(gamma=0.0)
-  config = _config()
+  config = _config(fla_chunk_size)
   model = build_model(config.model)
   tx, schedule = optim.make_optimizer(config.optimizer, 1000, variables['params'])
   train_step = jax.jit(functools.partial(step.train_step, model=model, tx=tx, schedule=schedule,
@@ -234,13 +239,14 @@ def train_case(repeats, batch=2, size=256):
     return jax.block_until_ready(metrics)['loss']
 
   agree = rel_diff(jax_step(), torch_step())  # the first step: same weights, same batch
-  return [(f'FLANet-R101 train step, batch {batch}, {size}x{size}, SGD',
+  label = f'FLANet-R101 train step, batch {batch}, {size}x{size}, SGD'
+  return [(label + _chunk_label(fla_chunk_size),
            *median_times(torch_step, jax_step, repeats), agree)]
 
 
-def eval_case(repeats, size=512):
+def eval_case(repeats, fla_chunk_size=0, size=512):
   net, variables = torch_flanet(gamma=0.5)
-  model = build_model(_config().model)
+  model = build_model(_config(fla_chunk_size).model)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   x = np.random.default_rng(3).normal(size=(1, size, size, 3)).astype(np.float32)
   x_t = _nchw(x)
@@ -250,7 +256,7 @@ def eval_case(repeats, size=512):
       return net.eval()(x_t)[0]
 
   agree = rel_diff(forward(variables, x), _nhwc(torch_forward()))
-  return [(f'FLANet-R101 eval forward, batch 1, {size}x{size}',
+  return [(f'FLANet-R101 eval forward, batch 1, {size}x{size}{_chunk_label(fla_chunk_size)}',
            *median_times(torch_forward, lambda: forward(variables, x).block_until_ready(),
                         repeats), agree)]
 
@@ -273,10 +279,14 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--cases', default='fla,train,eval')
   parser.add_argument('--out', default='', help='also write the Markdown table here')
+  parser.add_argument('--fla-chunk-size', type=int, default=0,
+                      help="our model's fla_chunk_size in the train and eval cases")
   args = parser.parse_args()
   torch.set_num_threads(THREADS)
-  cases = {'fla': fla_cases, 'fla_parts': fla_parts_case, 'train': train_case,
-           'eval': eval_case}
+  chunk = args.fla_chunk_size
+  cases = {'fla': fla_cases, 'fla_parts': fla_parts_case,
+           'train': functools.partial(train_case, fla_chunk_size=chunk),
+           'eval': functools.partial(eval_case, fla_chunk_size=chunk)}
   rows = []
   for name in args.cases.split(','):
     rows += cases[name](args.repeats)
