@@ -194,6 +194,9 @@ def test_materialised_is_exact_in_values_and_gradients():
   assert np.signbit(np.asarray(y).flat[3])  # -0 stays -0
   g = np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
   np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]), g)
+  for platform, divides in (('cpu', True), ('cuda', False), ('tpu', False)):  # CPU-only work
+    lowered = jax.jit(layers.materialised).trace(x).lower(lowering_platforms=(platform,))
+    assert ('divide' in lowered.as_text()) == divides, platform
 
 
 def _fusion_operand_counts(hlo_text):

@@ -281,22 +281,27 @@ def batch_norm(train: bool, dtype: Dtype = jnp.float32, name: str | None = None)
       use_fast_variance=False, dtype=dtype, name=name)
 
 
+def _divided_by_runtime_ones(x):
+  # Element-wise, so each device computes its own (one element of a sharded x would be sent
+  # to every device).
+  v = jax.lax.stop_gradient(x)
+  one = (v == v).astype(x.dtype) + (v != v).astype(x.dtype)  # 1 for every v, NaN included
+  return x / one
+
+
 def materialised(x):
   """x, unchanged, computed once: XLA:CPU may not recompute it inside later fusions.
 
   XLA:CPU's loop fusion copies cheap element-wise producers into every consumer, so a residual
   stream (each block's BN affine, add and ReLU) was recomputed inside every later block's
   fusions: work quadratic in depth, about 2 s of FLANet-R101's 13 s CPU train step. Its fusion
-  pass does not copy an 'expensive' producer (a float divide is one) into several users, so x
-  is divided by 1s computed at run time (a constant 1 would be simplified away). Dividing by
-  1 is exact: values and gradients are the same bit for bit (subnormals become 0, as in every
-  XLA:CPU arithmetic op, the add that makes a residual stream included).
+  pass does not copy an 'expensive' producer (a float divide is one) into several users, so on
+  CPU x is divided by 1s computed at run time (a constant 1 would be simplified away). Dividing
+  by 1 is exact there: values and gradients are the same bit for bit (subnormals become 0, as
+  in every XLA:CPU arithmetic op, the add that makes a residual stream included). Other
+  platforms get x itself (their fusion passes weigh costs; a TPU divide need not be exact).
   """
-  # Element-wise, so each device computes its own (one element of a sharded x would be sent
-  # to every device).
-  v = jax.lax.stop_gradient(x)
-  one = (v == v).astype(x.dtype) + (v != v).astype(x.dtype)  # 1 for every v, NaN included
-  return x / one
+  return jax.lax.platform_dependent(x, cpu=_divided_by_runtime_ones, default=lambda x: x)
 
 
 class ConvBN(nn.Module):
