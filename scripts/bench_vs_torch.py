@@ -94,24 +94,35 @@ def median_times(torch_fn, jax_fn, repeats):
   return statistics.median(times['torch']), statistics.median(times['jax'])
 
 
-def fla_cases(repeats, chunk_sizes=(None, 4, 16)):
+def _fla_setup():
+  """The reference FLA block (gamma 0.5), our variables of it, a 1x96x96x512 input and a
+  cotangent for the backward pass (NHWC numpy), and both as NCHW tensors."""
   net, variables = torch_flanet(gamma=0.5)
-  block_t, block_train_t = net.fully.eval(), copy.deepcopy(net.fully).train()  # train mode
   block_vars = {c: variables[c]['attention'] for c in variables}
   x = np.random.default_rng(0).normal(size=(1, 96, 96, 512)).astype(np.float32)
   cotangent = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
-  x_t, g_t = _nchw(x), _nchw(cotangent)
+  return net.fully, block_vars, x, cotangent, _nchw(x), _nchw(cotangent)
+
+
+def _torch_input_grad(module_t, x_t, g_t):
+  """One PyTorch forward+backward of module_t (every .grad filled); the input's gradient."""
+  module_t.zero_grad()
+  x_grad = x_t.clone().requires_grad_(True)
+  module_t(x_grad).backward(g_t)
+  return x_grad.grad
+
+
+def fla_cases(repeats, chunk_sizes=(None, 4, 16)):
+  block_ref, block_vars, x, cotangent, x_t, g_t = _fla_setup()
+  block_t, block_train_t = block_ref.eval(), copy.deepcopy(block_ref).train()  # train mode
   rows = []
 
   def torch_forward():
     with torch.no_grad():
       return block_t(x_t)
 
-  def torch_backward():  # (its BN running statistics move; the eval copy's do not)
-    block_train_t.zero_grad()
-    x_grad = x_t.clone().requires_grad_(True)
-    block_train_t(x_grad).backward(g_t)
-    return x_grad.grad
+  # (the train copy's BN running statistics move; the eval copy's do not)
+  torch_backward = functools.partial(_torch_input_grad, block_train_t, x_t, g_t)
 
   for chunk in chunk_sizes:
     block = FullyAttentionalBlock(512, chunk_size=chunk)
@@ -152,14 +163,10 @@ def _without_fuse(next_fun, args, kwargs, context):
 def fla_parts_case(repeats, chunk=4):
   """The FLA block's forward+backward split in two: the attention (priors, maps, gamma
   residual: everything before the 3x3 `conv`) and the `conv` 3x3-BN-ReLU alone."""
-  net, variables = torch_flanet(gamma=0.5)
-  block_vars = {c: variables[c]['attention'] for c in variables}
-  attention_t = copy.deepcopy(net.fully).train()
+  block_ref, block_vars, x, cotangent, x_t, g_t = _fla_setup()
+  attention_t = copy.deepcopy(block_ref).train()
   attention_t.conv = torch.nn.Identity()
-  conv_t = copy.deepcopy(net.fully.conv).train()
-  x = np.random.default_rng(0).normal(size=(1, 96, 96, 512)).astype(np.float32)
-  cotangent = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
-  x_t, g_t = _nchw(x), _nchw(cotangent)
+  conv_t = copy.deepcopy(block_ref.conv).train()
   block = FullyAttentionalBlock(512, chunk_size=chunk)
   fuse = ConvBN(512, 3)
 
@@ -180,12 +187,7 @@ def fla_parts_case(repeats, chunk=4):
       ('`conv` 3x3-BN-ReLU', conv_t, fuse_loss, block_vars['params']['fuse'])):
     backward = jax.jit(jax.grad(loss, argnums=(0, 1)))  # PyTorch's fills every .grad too
 
-    def torch_backward(module_t=module_t):
-      module_t.zero_grad()
-      x_grad = x_t.clone().requires_grad_(True)
-      module_t(x_grad).backward(g_t)
-      return x_grad.grad
-
+    torch_backward = functools.partial(_torch_input_grad, module_t, x_t, g_t)
     agree = rel_diff(backward(params, x)[1], _nhwc(torch_backward()))
     rows.append((f'FLA block part forward+backward: {label}, fla_chunk_size={chunk}',
                  *median_times(torch_backward,
