@@ -96,7 +96,7 @@ def new_output_dir(base: pathlib.Path) -> pathlib.Path:
 
 def train_state_shapes(config, model):
   """Abstract train state of this config (the optimizer state shapes follow the config)."""
-  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)))
+  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed))
   tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, variables['params'])
   return jax.eval_shape(lambda v: step.create_train_state(v, tx, config.seed), variables)
 

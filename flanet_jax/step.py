@@ -23,10 +23,27 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def init_variables(model, seed: int, image_shape):
-  """Model variables from `seed`; the spatial size of `image_shape` does not matter."""
+INIT_IMAGE_SHAPE = (1, 64, 64, 3)  # the variables do not depend on the image size
+
+
+def init_variables(model, seed, image_shape=INIT_IMAGE_SHAPE):
+  """Model variables from `seed` (an int, or a traced int32 scalar)."""
   return model.init({'params': jax.random.PRNGKey(seed)}, jnp.zeros(image_shape, jnp.float32),
                     train=False)
+
+
+# Initialisation runs once per run, but compiles a random generator per parameter: on CPU,
+# XLA compiles it about 3x faster without LLVM optimisation, which more than pays for the
+# slower run (BENCHMARKS.md "Initialisation").
+UNOPTIMISED = {'xla_backend_optimization_level': 0}
+
+
+def initial_variables(model, seed: int, sharding=None):
+  """`init_variables`, compiled with the seed as an argument (one compile per model, on CPU
+  unoptimised: values equal to float32 rounding) and placed with `sharding`."""
+  init = jax.jit(lambda s: init_variables(model, s), out_shardings=sharding)
+  options = UNOPTIMISED if jax.default_backend() == 'cpu' else None
+  return init.lower(jnp.int32(seed)).compile(compiler_options=options)(jnp.int32(seed))
 
 
 def create_train_state(variables, tx, seed: int) -> TrainState:

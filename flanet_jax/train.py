@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from flanet_jax import checkpoint, data, metrics, optim, parallel, pretrained, step
+from flanet_jax import checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step
 from flanet_jax.data import pipeline, transforms
-from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
 from flanet_jax.reporting import MetricWriter
 
@@ -40,8 +39,7 @@ def _load_pretrained(variables, path: str):
 def initial_state(config, model, mesh, load_pretrained: bool = True):
   """Initialised (and `init_from`-filled), replicated train state, optimizer and schedule."""
   replicated = parallel.replicated(mesh)
-  variables = jax.jit(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)),
-                      out_shardings=replicated)()
+  variables = step.initial_variables(model, config.seed, replicated)
   if config.init_from and load_pretrained:
     variables = _load_pretrained(variables, config.init_from)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
@@ -51,8 +49,19 @@ def initial_state(config, model, mesh, load_pretrained: bool = True):
   return state, tx, schedule
 
 
+def _start_state(config, model, mesh, mngr):
+  """(state, tx, schedule): initialised for a fresh run; when resuming, only the shapes and
+  shardings that the restore fills (nothing to compile or run)."""
+  if mngr.latest_step() is None:
+    return initial_state(config, model, mesh)
+  shapes = evaluate.train_state_shapes(config, model)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps, shapes.params)
+  return checkpoint.abstract_like(shapes, parallel.replicated(mesh)), tx, schedule
+
+
 def restore_or_start(mngr, state, dataset, workers: int):
-  """(state, data iterator) at the latest checkpoint, or at step 0 when there is none."""
+  """(state, data iterator) at the latest checkpoint, or at step 0 when there is none;
+  `state` is the fresh state or the restore target (`_start_state`)."""
   latest = mngr.latest_step()
   if latest is None:
     return state, pipeline.train_iterator(dataset, workers)
@@ -99,7 +108,7 @@ class _Run:
   state: step.TrainState
   iterator: Any
   train_step: Any
-  evaluator: Evaluator
+  evaluator: evaluate.Evaluator
   mngr: Any
   writer: MetricWriter
 
@@ -110,12 +119,11 @@ def _setup(config, workdir: pathlib.Path) -> _Run:
   mesh = parallel.make_mesh()
   model = build_model(config.model, config.dtype)
   dataset = train_dataset(config)  # a missing or inconsistent dataset fails here,
-  evaluator = Evaluator(config, model, mesh)  # before anything is written
+  evaluator = evaluate.Evaluator(config, model, mesh)  # before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   # Resuming restores every variable, so converted weights are only read for a fresh run.
-  state, tx, schedule = initial_state(config, model, mesh,
-                                      load_pretrained=mngr.latest_step() is None)
+  state, tx, schedule = _start_state(config, model, mesh, mngr)
   state, iterator = restore_or_start(mngr, state, dataset, config.data.workers)
   return _Run(config, mesh, state, iterator, _make_train_step(config, model, tx, schedule, mesh),
               evaluator, mngr, MetricWriter(workdir, int(state.step)))

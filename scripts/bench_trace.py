@@ -23,7 +23,7 @@ from flanet_jax.models import build_model  # noqa: E402
 
 def trace_seconds(config) -> float:
   model = build_model(config.model, config.dtype)
-  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed, (1, 64, 64, 3)))
+  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed))
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                       variables['params'])
   state = jax.eval_shape(lambda v: step.create_train_state(v, tx, config.seed), variables)

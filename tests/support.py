@@ -45,13 +45,6 @@ def tiny_config(data_root, **overrides):
   return config
 
 
-def init_variables(model, seed: int, image_shape=(1, 32, 32, 3)):
-  """`step.init_variables` (the same values), jitted with the seed as an argument: one
-  compile per model for the whole suite (the persistent cache), where running it op by op
-  compiles every initialiser and layer anew."""
-  return jax.jit(step.init_variables, static_argnums=(0, 2))(model, seed, image_shape)
-
-
 def abstract_train_step(config):
   """(state, new state, metrics) of one train step of `config`'s model at its batch and crop
   size, traced (`jax.eval_shape`): nothing compiled."""
@@ -61,7 +54,7 @@ def abstract_train_step(config):
            'label': jax.ShapeDtypeStruct((config.batch_size, *config.data.crop_size), jnp.int32)}
 
   def init_and_step(batch):
-    variables = step.init_variables(model, config.seed, (1, 64, 64, 3))
+    variables = step.init_variables(model, config.seed)
     tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                         variables['params'])
     state = step.create_train_state(variables, tx, config.seed)

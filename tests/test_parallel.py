@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
   batch = {'image': rng.normal(size=(8, 32, 40, 3)).astype(np.float32),
            'label': rng.integers(0, 19, size=(8, 32, 40)).astype(np.int32)}
   batch['label'][:, :3] = 255
-  variables = jax.device_get(support.init_variables(build_model(config.model), 0))
+  variables = jax.device_get(step.initial_variables(build_model(config.model), 0))
   variables['params']['attention']['gamma'] = np.float32(0.5)  # every parameter in play
   results = {}
   for dtype, count in [('float64', 1), ('float64', 8), ('float32', 8)]:

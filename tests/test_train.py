@@ -5,12 +5,13 @@ import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from flanet_jax import checkpoint, evaluate, parallel, train
+from flanet_jax import checkpoint, evaluate, parallel, step, train
 from flanet_jax.models import build_model
 from tests import support
 
@@ -54,7 +55,12 @@ def test_short_training_learns_and_eval_mode_reproduces_it(tiny_dataset, tmp_pat
   assert (tmp_path / 'eval' / 'step_60.2' / 'results.json').exists()
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp_path):
+def _never_initialise(*args, **kwargs):
+  raise AssertionError('a resumed run restores its variables; it must not initialise them')
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp_path,
+                                                                monkeypatch):
   config = support.tiny_config(tiny_dataset, log_every_steps=1, checkpoint_every_steps=3)
   assert config.model.dropout_rate > 0  # resume must also continue the dropout RNG stream
   train.train_and_evaluate(config, tmp_path / 'straight')
@@ -63,6 +69,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tiny_dataset, tmp
   train.train_and_evaluate(config, tmp_path / 'resumed')
   assert [s for s, _ in _records(tmp_path / 'resumed')] == [1, 2, 3]
   config.stop_at_step = 0
+  monkeypatch.setattr(step, 'initial_variables', _never_initialise)
   train.train_and_evaluate(config, tmp_path / 'resumed')
 
   straight, resumed = _records(tmp_path / 'straight'), _records(tmp_path / 'resumed')
@@ -107,7 +114,7 @@ def test_unknown_config_key_is_rejected_by_the_entry_point(tmp_path):
 def test_init_from_fills_the_backbone_of_a_fresh_run(tiny_dataset, tmp_path):
   config = support.tiny_config(tiny_dataset)
   model, mesh = build_model(config.model), parallel.make_mesh()
-  donor = jax.device_get(support.init_variables(model, 123))
+  donor = jax.device_get(step.initial_variables(model, 123))
   checkpoint.save_variables(tmp_path / 'backbone', {
       'params': donor['params']['backbone'], 'batch_stats': donor['batch_stats']['backbone']})
   config.init_from = str(tmp_path / 'backbone')
@@ -124,3 +131,28 @@ def test_init_from_fills_the_backbone_of_a_fresh_run(tiny_dataset, tmp_path):
   config.init_from = str(tmp_path / 'not_converted_yet')
   with pytest.raises(FileNotFoundError, match='not_converted_yet.*convert_torch_weights'):
     train.initial_state(config, model, mesh)
+
+
+class _ConvBNDense(nn.Module):
+  """Random (conv, dense) and constant (BatchNorm) initialisers, quick to compile."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x))
+    return nn.Dense(5)(x)
+
+
+def test_initial_variables_are_the_models_init_placed_as_asked():
+  model, mesh = _ConvBNDense(), parallel.make_mesh()
+  reference = jax.jit(step.init_variables, static_argnums=0)
+  kernels = []
+  for seed in (0, 7):
+    variables = step.initial_variables(model, seed, parallel.replicated(mesh))
+    want = reference(model, seed)
+    assert jax.tree.structure(variables) == jax.tree.structure(want)
+    for got, expected in zip(jax.tree.leaves(variables), jax.tree.leaves(want)):
+      assert got.sharding == parallel.replicated(mesh)
+      # Compiled unoptimised on CPU: the same values to float32 rounding.
+      np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    kernels.append(np.asarray(variables['params']['Conv_0']['kernel']))
+  assert np.abs(kernels[0] - kernels[1]).min() > 0  # the seed reaches the initialisers
