@@ -1,6 +1,10 @@
 """Shared test helpers: a tiny synthetic dataset and a tiny training config."""
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +47,43 @@ def tiny_config(data_root, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def write_tiny_config_file(path: pathlib.Path, data_root, **overrides) -> pathlib.Path:
+  """A config file for `--config`: its get_config() is `tiny_config(data_root, **overrides)`."""
+  path.write_text('from tests import support\n\n\ndef get_config():\n'
+                  f'  return support.tiny_config({str(data_root)!r}, **{overrides!r})\n')
+  return path
+
+
+def launch_main(config_file, workdir, devices: int, *flags, cache=None, env=None):
+  """`python -m flanet_jax.main` in a new process with `devices` simulated CPU devices; with
+  `cache`, it shares the suite's compilation cache (runs of one topology compile once)."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', **(env or {}))
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
+  command = [sys.executable, '-m', 'flanet_jax.main', '--config', str(config_file),
+             '--workdir', str(workdir), *flags]
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def records(workdir, key='loss') -> list[tuple[int, float]]:
+  """(step, value) of `key` in a run's metrics.jsonl."""
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [(r['step'], r[key]) for r in map(json.loads, lines) if key in r]
+
+
+def wait(process) -> str:
+  """The output of a `launch_main` process, which must succeed."""
+  output, _ = process.communicate(timeout=900)
+  assert process.returncode == 0, output
+  return output
 
 
 def abstract_train_step(config):

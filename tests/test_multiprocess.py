@@ -4,12 +4,6 @@ Both runs compute in float64, so any difference beyond rounding would be a real 
 float32, BN gradients at initialisation are only accurate to ~0.5%; see test_parallel.py).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import portpicker
@@ -18,57 +12,32 @@ from flanet_jax import checkpoint, evaluate, parallel
 from flanet_jax.models import build_model
 from tests import support
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _launch(config_file, workdir, devices, *flags, cache=None):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', JAX_ENABLE_X64='1')
-  if cache:  # the suite's compilation cache: runs with the same topology compile once
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-  command = [sys.executable, '-m', 'flanet_jax.main', '--config', str(config_file),
-             '--workdir', str(workdir), *flags]
-  return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(process):
-  output, _ = process.communicate(timeout=600)
-  assert process.returncode == 0, output
-  return output
-
-
-def _losses(workdir):
-  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
-  return [(r['step'], r['loss']) for r in map(json.loads, lines) if 'loss' in r]
+X64 = {'JAX_ENABLE_X64': '1'}
 
 
 def test_two_processes_match_one_process_and_resume_on_another_topology(tiny_dataset,
                                                                         tmp_path, pytestconfig):
-  config_file = tmp_path / 'tiny.py'
-  config_file.write_text(
-      'from tests import support\n\n'
-      'def get_config():\n'
-      f'  return support.tiny_config({str(tiny_dataset)!r}, batch_size=4, num_train_steps=3,\n'
-      '                             log_every_steps=1, checkpoint_every_steps=1, dtype="float64",\n'
-      '                             **{"data.eval_batch_size": 4})\n')
+  config_file = support.write_tiny_config_file(
+      tmp_path / 'tiny.py', tiny_dataset, batch_size=4, num_train_steps=3, log_every_steps=1,
+      checkpoint_every_steps=1, dtype='float64', **{'data.eval_batch_size': 4})
   port = portpicker.pick_unused_port()
   distributed = [f'--config.distributed.coordinator_address=localhost:{port}',
                  '--config.distributed.num_processes=2']
   # Two processes with 2 devices each stop after step 2; one process with 2 devices runs on.
-  workers = [_launch(config_file, tmp_path / 'two', 2, *distributed, '--config.stop_at_step=2',
-                     f'--config.distributed.process_id={i}') for i in range(2)]
+  workers = [support.launch_main(config_file, tmp_path / 'two', 2, *distributed,
+                                 '--config.stop_at_step=2',
+                                 f'--config.distributed.process_id={i}', env=X64)
+             for i in range(2)]
   for process in workers:
-    _wait(process)
-  assert [s for s, _ in _losses(tmp_path / 'two')] == [1, 2]
+    support.wait(process)
+  assert [s for s, _ in support.records(tmp_path / 'two')] == [1, 2]
   cache = pytestconfig.cache.mkdir('jax_compilation_cache')
-  _wait(_launch(config_file, tmp_path / 'one', 2, cache=cache))
+  support.wait(support.launch_main(config_file, tmp_path / 'one', 2, cache=cache, env=X64))
   # The 2-process run resumes in a single process with 2 devices: another process and device
   # count, so the data stream is re-positioned from the step and the state re-sharded.
-  _wait(_launch(config_file, tmp_path / 'two', 2, cache=cache))
+  support.wait(support.launch_main(config_file, tmp_path / 'two', 2, cache=cache, env=X64))
 
-  two, one = _losses(tmp_path / 'two'), _losses(tmp_path / 'one')
+  two, one = support.records(tmp_path / 'two'), support.records(tmp_path / 'one')
   assert [s for s, _ in one] == [1, 2, 3]
   np.testing.assert_allclose([l for _, l in two], [l for _, l in one], rtol=1e-10)
   assert 'miou' in (tmp_path / 'two' / 'metrics.jsonl').read_text()
