@@ -20,6 +20,13 @@ import orbax.checkpoint as ocp
 
 # --- Training runs -----------------------------------------------------------------------------
 
+# Orbax's default (on CPU and TPU) splits the write of each replicated array over its replicas,
+# which compiles a slice per array shape and device at a process's first save. The train state
+# is replicated and small next to that cost, so one replica writes each array, as on GPU:
+# FLANet-R18 on 8 CPU devices, first save 16.7 -> 0.9 s, later ones 1.8 -> 0.9 s.
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
 
 def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
