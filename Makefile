@@ -19,9 +19,10 @@ $(VENV)/.dev: $(VENV)/.core requirements-dev.txt
 	touch $@
 
 # Two pytest processes (pytest-xdist), each test file in one of them: one process alone kept
-# 1.4 of 2 cores busy (compiling and tracing are mostly single-threaded).
+# 1.4 of 2 cores busy (compiling and tracing are mostly single-threaded). Files are handed out
+# slowest first (tests/conftest.py).
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 demo: $(VENV)/.core
 	$(PY) -m flanet_jax.main --config configs/demo.py --workdir $(DEMO_DIR)
