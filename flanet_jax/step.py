@@ -43,7 +43,8 @@ def initial_variables(model, seed: int, sharding=None):
   unoptimised: values equal to float32 rounding) and placed with `sharding`."""
   init = jax.jit(lambda s: init_variables(model, s), out_shardings=sharding)
   options = UNOPTIMISED if jax.default_backend() == 'cpu' else None
-  return init.lower(jnp.int32(seed)).compile(compiler_options=options)(jnp.int32(seed))
+  seed = jnp.int32(seed)
+  return init.lower(seed).compile(compiler_options=options)(seed)
 
 
 def create_train_state(variables, tx, seed: int) -> TrainState:

@@ -33,7 +33,7 @@ from flanet_jax.models import build_model
 from flanet_jax.models.flanet import ATTENTION_BLOCKS
 from tests import layouts, support
 
-REPO = pathlib.Path(__file__).parents[1]
+REPO = support.REPO
 MODULES = sorted(p.stem for p in (REPO / 'configs').glob('*.py')
                  if p.stem not in ('__init__', 'backbones'))
 # (module, arg): every experiment a researcher can run.
@@ -131,9 +131,11 @@ def _traced_experiments():
   config of each dataset), so their traces would repeat one."""
   chosen, models = [('default', None), ('demo', None)], set()  # these follow no recipe
   for module, arg in sorted(EXPERIMENTS, key=lambda e: e[0] not in RECIPES.values()):
+    if module in ('default', 'demo'):
+      continue
     config = _flat(_config(module, arg))
     model = tuple(config[k] for k in sorted(MODEL_KEYS - {'init_from'}))
-    if module in RECIPES.values() or (module not in ('default', 'demo') and model not in models):
+    if module in RECIPES.values() or model not in models:
       chosen.append((module, arg))
       models.add(model)
   return chosen

@@ -18,7 +18,7 @@ from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
 from tests import support
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = support.REPO
 
 
 class ColourModel:

@@ -12,9 +12,9 @@ import scipy.io
 from PIL import Image
 
 from flanet_jax.data import voc, voc_aug
-from tests import layouts
+from tests import layouts, support
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = support.REPO
 # SBD ids: one also in VOC train, one in VOC val (must be dropped), two SBD-only.
 SBD_TRAIN = ['2007_000032', '2009_000001']
 SBD_VAL = ['2007_000033', '2009_000002']
