@@ -75,6 +75,15 @@ def test_kernel_grad_by_matmul_matches_xla_in_float64(kernel, stride, dilation):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
+def test_kernel_grad_by_matmul_keeps_one_shifted_copy_of_the_input_at_a_time():
+  """Temporary memory: the padded input and one shifted copy, not k*k copies (9.2 inputs'
+  worth when the taps were unrolled)."""
+  x = jax.ShapeDtypeStruct((2, 32, 32, 64), jnp.float32)
+  grad = jax.jit(lambda x, d_out: layers._kernel_grad_by_matmul(x, d_out, 3, 1, 1))
+  temp = grad.lower(x, x).compile().memory_analysis().temp_size_in_bytes
+  assert temp < 3 * np.prod(x.shape) * 4
+
+
 @pytest.mark.parametrize('features,kernel,stride,size,matmul', [
     ((64, 16), 1, 1, 8, True), ((64, 16), 1, 2, 8, True),  # 1x1: always
     ((256, 256), 3, 1, 32, True), ((64, 128), 3, 1, 64, True),  # >= 1 GFLOP
