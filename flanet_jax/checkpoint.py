@@ -9,6 +9,7 @@ Model variables: `{'params', 'batch_stats'}` in one directory, written by the we
 and read by `pretrained.init_from`.
 """
 
+import logging
 import os
 import pathlib
 from typing import Any, Mapping
@@ -20,12 +21,23 @@ import orbax.checkpoint as ocp
 
 # --- Training runs -----------------------------------------------------------------------------
 
-# Orbax's default (on CPU and TPU) splits the write of each replicated array over its replicas,
-# which compiles a slice per array shape and device at a process's first save. The train state
-# is replicated and small next to that cost, so one replica writes each array, as on GPU:
-# FLANet-R18 on 8 CPU devices, first save 16.7 -> 0.9 s, later ones 1.8 -> 0.9 s.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+def _write_each_array_from_one_replica():
+  """Orbax's default (on CPU and TPU) splits the write of each replicated array over its
+  replicas, which compiles a slice per array shape and device at a process's first save. The
+  train state is replicated and small next to that cost, so one replica writes each array, as
+  on GPU: FLANet-R18 on 8 CPU devices, first save 16.2 -> 1.8 s, later ones 2.5 -> 0.8 s
+  (BENCHMARKS.md)."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns at every override; this one is intended
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_write_each_array_from_one_replica()
 
 
 def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
