@@ -5,8 +5,9 @@ Batch 2 at 256x256, fp32, one device, train.py's jitted step (CE loss, SGD). Rep
                        in the program JAX hands to XLA (what remat changes, on any backend)
   XLA:CPU temp         compile-time peak temporary bytes of the whole step (memory_analysis)
   step time            median of --steps steps.
-XLA:CPU removes the optimisation barriers that keep the recomputation apart and merges it back
-into the forward pass, so on CPU the compiled memory does not drop (GPU/TPU keep them). Usage:
+XLA:CPU removes the optimisation barriers that keep the recomputation apart and schedules it
+freely, so on CPU the compiled memory drops far less than the saved residuals (GPU/TPU keep
+the barriers). Usage:
   python scripts/bench_remat.py [--size 256] [--steps 3]   (prints a Markdown table)
 """
 
