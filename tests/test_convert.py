@@ -20,8 +20,7 @@ from flanet_jax.models import build_model
 from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.flanet import FLANet
 from flanet_jax.models.resnet import ResNet
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import support
 
 
 def _randomise_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -304,10 +303,10 @@ def test_wrong_arch_and_stray_classifier_are_errors():
 
 
 def _run_cli(*args):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'convert_torch_weights.py'),
-                         *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO,
-                        check=False)
+  script = support.REPO / 'scripts' / 'convert_torch_weights.py'
+  return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=str(support.REPO)),
+                        cwd=support.REPO, check=False)
 
 
 def test_cli_converts_and_refuses_bad_input_without_writing(tmp_path):
@@ -355,5 +354,6 @@ def test_flanet_jax_works_without_torch():
           '  assert "missing keys (100)" in str(e), e\n'
           'print("converter ok")\n')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, check=False)
+                          env=dict(os.environ, PYTHONPATH=str(support.REPO)),
+                          cwd=support.REPO, check=False)
   assert result.returncode == 0 and 'converter ok' in result.stdout, result.stderr

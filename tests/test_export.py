@@ -4,8 +4,6 @@ import glob
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +15,6 @@ from flanet_jax.data import cityscapes, pipeline, synthetic, transforms
 from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
 from tests import support
-
-REPO = support.REPO
 
 
 class ColourModel:
@@ -121,9 +117,8 @@ def test_export_writes_server_pngs_into_a_new_folder_each_time(tiny_dataset, tmp
 
 
 def test_export_mode_of_the_entry_point(tiny_dataset, tmp_path):
-  command = [sys.executable, '-m', 'flanet_jax.main', '--config', 'configs/demo.py',
-             '--workdir', str(tmp_path), '--mode', 'export',
-             f'--config.data.root={tiny_dataset}', '--config.eval.export_split=val']
-  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert run.returncode != 0 and 'No checkpoint' in run.stderr  # it got as far as restoring
+  run = support.launch_main('configs/demo.py', tmp_path, 1, '--mode', 'export',
+                            f'--config.data.root={tiny_dataset}', '--config.eval.export_split=val')
+  output, _ = run.communicate(timeout=120)
+  assert run.returncode != 0 and 'No checkpoint' in output  # it got as far as restoring
   assert not (tmp_path / 'export').exists()
