@@ -8,9 +8,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from configs import default
-from flanet_jax import optim, step
+from flanet_jax import optim, parallel, step
 from flanet_jax.data import synthetic
 from flanet_jax.models import build_model
 
@@ -86,6 +87,13 @@ def wait(process) -> str:
   return output
 
 
+def fails(process) -> str:
+  """The output of a `launch_main` process, which must fail (a bad flag or input)."""
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode != 0, output
+  return output
+
+
 def abstract_train_step(config):
   """(state, new state, metrics) of one train step of `config`'s model at its batch and crop
   size, traced (`jax.eval_shape`): nothing compiled."""
@@ -130,6 +138,14 @@ def random_init(rng, module, inputs):
   """`random_variables` shaped like `module`'s for `inputs`, without running its init."""
   abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), inputs, train=False))
   return random_variables(rng, abstract)
+
+
+def replicated_random_variables(model, mesh, edit=lambda variables: None):
+  """`random_init` variables of a FLANet `model` (seed 0), changed in place by `edit`, then
+  placed on every device of `mesh` as evaluation wants them (no init compiled)."""
+  variables = random_init(np.random.default_rng(0), model, jnp.zeros((1, 32, 32, 3)))
+  edit(variables)
+  return jax.device_put(variables, parallel.replicated(mesh))
 
 
 def randomise_batch_norms_(model, seed: int):

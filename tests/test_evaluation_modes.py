@@ -3,7 +3,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,9 +23,10 @@ def test_sharded_ms_flip_slide_evaluation_of_mixed_sizes(ade_root):
       'eval.crop_size': (16, 16), 'eval.stride': (10, 10), 'eval.multi_scale': True,
       'eval.scales': (0.75, 1.0), 'eval.flip': True, 'eval.size_divisor': 8})
   model, mesh = build_model(config.model), parallel.make_mesh()
-  variables = support.random_init(np.random.default_rng(0), model, jnp.zeros((1, 32, 32, 3)))
-  variables['params']['out_main']['classifier']['bias'] *= 0  # else it decides every pixel
-  variables = jax.device_put(variables, parallel.replicated(mesh))  # (no init compiled)
+  def zero_classifier_bias(variables):  # else it decides every pixel
+    variables['params']['out_main']['classifier']['bias'] *= 0
+
+  variables = support.replicated_random_variables(model, mesh, zero_classifier_bias)
   evaluator = Evaluator(config, model, mesh)
   (indices, maps), = list(evaluator.predictions(variables))  # 3 images + 5 padding rows
   assert indices == [0, 1, 2] and maps.shape == (3, 40, 48)  # 36 x 44 rounded up to 8

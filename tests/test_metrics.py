@@ -1,6 +1,5 @@
 """mIoU against a hand-computed example; evaluation counts every image exactly once."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -39,8 +38,7 @@ def test_evaluator_counts_every_pixel_once_with_uneven_batches(tiny_dataset, eva
   config = support.tiny_config(tiny_dataset, **{'data.eval_batch_size': eval_batch_size})
   model = build_model(config.model)
   mesh = parallel.make_mesh()
-  variables = support.random_init(np.random.default_rng(0), model, jnp.zeros((1, 32, 32, 3)))
-  variables = jax.device_put(variables, parallel.replicated(mesh))  # (no init compiled)
+  variables = support.replicated_random_variables(model, mesh)
   evaluator = Evaluator(config, model, mesh)
   seen = []
   result = evaluator.run(variables, lambda indices, maps: seen.extend(indices))
