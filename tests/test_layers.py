@@ -165,6 +165,20 @@ def test_max_pool_matches_torch(size):
   np.testing.assert_array_equal(np.asarray(layers.max_pool_3x3_s2(x)), want)
 
 
+@pytest.mark.parametrize('size', [(17, 17), (16, 9)])
+@pytest.mark.parametrize('values', ['random', 'ties'])
+def test_max_pool_gradient_matches_torch(size, values):
+  """Ties (small integers) check that each window's gradient goes to its first maximum."""
+  rng = np.random.default_rng(len(values) + size[1])
+  x = (rng.normal(size=(2, *size, 4)) if values == 'random'
+       else rng.integers(0, 3, size=(2, *size, 4))).astype(np.float32)
+  d_out = rng.normal(size=(2, (size[0] + 1) // 2, (size[1] + 1) // 2, 4)).astype(np.float32)
+  x_torch = _nchw(x).requires_grad_()
+  F.max_pool2d(x_torch, 3, 2, 1).backward(_nchw(d_out))
+  got = jax.vjp(layers.max_pool_3x3_s2, x)[1](d_out)[0]
+  np.testing.assert_allclose(np.asarray(got), _nhwc(x_torch.grad), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('in_size,out_size', [((9, 13), (65, 97)), ((12, 12), (96, 96)),
                                               ((20, 30), (7, 11)), ((1, 5), (4, 9))])
 @pytest.mark.parametrize('align_corners', [True, False])
