@@ -1,0 +1,78 @@
+"""The output modules' nearest-x2 upsampling + 3x3 conv, forward and backward, three ways.
+
+  upsampled   the official form: upsample, then the 3x3 conv (XLA's autodiff)
+  phases+XLA  layers.conv3x3_of_upsampled_2x's phase convolution, with XLA's transposed
+              convolution for the input gradient
+  phases      layers.conv3x3_of_upsampled_2x as used: the input gradient as one matmul per
+              phase-kernel tap (layers._phase_input_grad)
+Shapes of FLANet-R101's output modules at the benchmarks' batch 2, 256x256 (32x32 features):
+the main one (2560 -> 512) and the two auxiliary ones (512 and 1024 -> 64). Timed round-robin,
+medians of --repeats. Usage:
+  python scripts/bench_upsampled_conv.py [--repeats 5]   (prints a Markdown table)
+"""
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench_timing import round_robin_medians  # noqa: E402  (scripts/ is on sys.path)
+from flanet_jax.models import layers  # noqa: E402
+
+SHAPES = [(2, 32, 32, 2560, 512), (2, 32, 32, 512, 64), (2, 32, 32, 1024, 64)]  # B,H,W,Ci,Co
+
+
+def upsampled(x, kernel):
+  return layers._conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel, 1, 1, 1)
+
+
+def phases_with_xla_input_grad(x, kernel):
+  """Forward and kernel gradient as used; the input gradient XLA's transposed convolution."""
+  @jax.custom_vjp
+  def conv(x, kernel):
+    return layers._conv3x3_of_upsampled_2x(x, kernel)
+
+  def backward(residuals, d_out):
+    x, kernel = residuals
+    dx = jax.linear_transpose(lambda x: layers._conv3x3_of_upsampled_2x(x, kernel), x)(d_out)[0]
+    return dx, layers._conv3x3_of_upsampled_2x_bwd(residuals, d_out)[1]
+
+  conv.defvjp(lambda x, kernel: (conv(x, kernel), (x, kernel)), backward)
+  return conv(x, kernel)
+
+
+FORMS = {'upsampled': upsampled, 'phases+XLA': phases_with_xla_input_grad,
+         'phases': layers.conv3x3_of_upsampled_2x}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  print('| B×H×W, C in → out | pass | ' + ' | '.join(f'{name} (ms)' for name in FORMS) + ' |')
+  print('| --- | --- |' + ' ---: |' * len(FORMS))
+  for batch, height, width, in_features, out_features in SHAPES:
+    rng = np.random.default_rng(in_features)
+    x = jnp.asarray(rng.normal(size=(batch, height, width, in_features)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, in_features, out_features)) * 0.02, jnp.float32)
+    d_out = jnp.asarray(rng.normal(size=(batch, 2 * height, 2 * width, out_features)),
+                        jnp.float32)
+    runs = {}
+    for name, form in FORMS.items():
+      forward = jax.jit(form)
+      backward = jax.jit(lambda x, k, d, form=form: jax.vjp(form, x, k)[1](d))
+      runs[name, 'forward'] = lambda forward=forward: forward(x, kernel)
+      runs[name, 'backward'] = lambda backward=backward: backward(x, kernel, d_out)
+    times = round_robin_medians(runs, args.repeats)
+    for kind in ('forward', 'backward'):
+      cells = ' | '.join(f'{times[name, kind] * 1e3:.0f}' for name in FORMS)
+      print(f'| {batch}×{height}×{width}, {in_features} → {out_features} | {kind} | {cells} |',
+            flush=True)
+
+
+if __name__ == '__main__':
+  main()
