@@ -202,7 +202,7 @@ def _conv3x3_of_upsampled_2x_fwd(x, kernel):
 def _phase_input_grad(d_phases, kernel):
   """dL/dx of the phase convolution, as one matmul per phase-kernel tap contracting its output
   channels. XLA's transposed convolution first copied the phase kernel into a transposed layout
-  (84 MB for the main output module, whose backward pass this takes from 1.54 to 1.44 s on CPU;
+  (84 MB for the main output module, whose backward pass this makes 4-7% faster on CPU;
   scripts/bench_upsampled_conv.py)."""
   height, width = d_phases.shape[1] - 1, d_phases.shape[2] - 1
   phase_kernel = _phase_kernel(kernel)  # pixel (y, x) fed phase outputs (y + 1 - i, x + 1 - j)
