@@ -1,9 +1,9 @@
 """The stem max-pool's gradient: XLA's own against layers.max_pool_3x3_s2's.
 
 XLA differentiates a max-pool into a select-and-scatter, which XLA:CPU lowers to a
-reduce-window carrying four index arrays; layers.max_pool_3x3_s2 compares the nine strided
-taps with the pooled output instead (one element-wise pass, the gradient to each window's first
-maximum in both). Shapes of the stems: ResNet's deep stem (128 channels) at the benchmarks'
+reduce-window carrying four index arrays; layers.max_pool_3x3_s2's forward pass keeps which
+of the nine strided taps holds each window's maximum, and its backward pass puts d_out there
+(element-wise passes; the gradient to each window's first maximum in both). Shapes of the stems: ResNet's deep stem (128 channels) at the benchmarks'
 256x256 batch 2 and at the paper's 768x768 crop, batch 1 per device; ShuffleNetV2's (24).
 Timed round-robin, medians of --repeats. Usage:
   python scripts/bench_max_pool.py [--repeats 10]   (prints a Markdown table)

@@ -166,17 +166,23 @@ def test_max_pool_matches_torch(size):
 
 
 @pytest.mark.parametrize('size', [(17, 17), (16, 9)])
-@pytest.mark.parametrize('values', ['random', 'ties'])
+@pytest.mark.parametrize('values', ['random', 'ties', 'nans'])
 def test_max_pool_gradient_matches_torch(size, values):
-  """Ties (small integers) check that each window's gradient goes to its first maximum."""
+  """Ties (small integers) check that each window's gradient goes to its first maximum;
+  NaNs, that a NaN is the maximum (PyTorch: the last NaN of the window)."""
   rng = np.random.default_rng(len(values) + size[1])
   x = (rng.normal(size=(2, *size, 4)) if values == 'random'
        else rng.integers(0, 3, size=(2, *size, 4))).astype(np.float32)
+  if values == 'nans':
+    x[rng.random(x.shape) < 0.1] = np.nan
   d_out = rng.normal(size=(2, (size[0] + 1) // 2, (size[1] + 1) // 2, 4)).astype(np.float32)
   x_torch = _nchw(x).requires_grad_()
-  F.max_pool2d(x_torch, 3, 2, 1).backward(_nchw(d_out))
-  got = jax.vjp(layers.max_pool_3x3_s2, x)[1](d_out)[0]
-  np.testing.assert_allclose(np.asarray(got), _nhwc(x_torch.grad), rtol=1e-6, atol=1e-6)
+  out_torch = F.max_pool2d(x_torch, 3, 2, 1)
+  out_torch.backward(_nchw(d_out))
+  out, vjp = jax.vjp(layers.max_pool_3x3_s2, x)
+  np.testing.assert_array_equal(np.asarray(out), _nhwc(out_torch.detach()))
+  np.testing.assert_allclose(np.asarray(vjp(d_out)[0]), _nhwc(x_torch.grad), rtol=1e-6,
+                             atol=1e-6)
 
 
 @pytest.mark.parametrize('in_size,out_size', [((9, 13), (65, 97)), ((12, 12), (96, 96)),

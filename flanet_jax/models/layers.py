@@ -346,42 +346,58 @@ def _max_pool(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-@jax.custom_vjp
-def max_pool_3x3_s2(x):
-  """PyTorch `MaxPool2d(3, 2, 1)`: padding counts as -inf. The gradient goes to the first
-  maximum of each window in row-major order, as PyTorch's does."""
+def _pool_taps(x):
+  """The nine (3x3 window, stride 2, padding -inf) taps of x, each the size of the output."""
+  batch, height, width, channels = x.shape
+  out_h, out_w = (height + 1) // 2, (width + 1) // 2
+  x_pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return [jax.lax.slice(x_pad, (0, i, j, 0), (batch, i + 2 * out_h - 1, j + 2 * out_w - 1,
+                                              channels), (1, 2, 2, 1))
+          for i in range(3) for j in range(3)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_first_max_grad(x, shape):
+  del shape
   return _max_pool(x)
 
 
-def _max_pool_fwd(x):
-  pooled = _max_pool(x)
-  return pooled, (x, pooled)
+def max_pool_3x3_s2(x):
+  """PyTorch `MaxPool2d(3, 2, 1)`: padding counts as -inf. The gradient goes to the first
+  maximum of each window in row-major order (a NaN: the last NaN), as PyTorch's does."""
+  return _max_pool_first_max_grad(x, x.shape)
 
 
-def _max_pool_bwd(residuals, d_out):
-  """Nine strided taps compared with the output and padded back into place: one fused
-  element-wise pass. XLA's own select-and-scatter gradient took 2-8x longer on CPU (4 index
-  iotas and a 5-output reduce-window; scripts/bench_max_pool.py)."""
-  x, pooled = residuals
-  batch, height, width, channels = x.shape
-  out_h, out_w = pooled.shape[1:3]
-  x_pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+def _max_pool_fwd(x, shape):
+  """The maximum and which tap holds it, PyTorch's rule. The tap index is kept rather than
+  found again in the backward pass by comparing x with the maximum: XLA recomputes cheap
+  producers of x there, and a recomputation one ulp off lost the gradient (8-device step)."""
+  del shape
+  taps = _pool_taps(x)
+  pooled, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+  for t, tap in enumerate(taps[1:], start=1):
+    better = (tap > pooled) | jnp.isnan(tap)
+    pooled, argmax = jnp.where(better, tap, pooled), jnp.where(better, jnp.int8(t), argmax)
+  return pooled, argmax
+
+
+def _max_pool_bwd(shape, argmax, d_out):
+  """Each tap's share of d_out padded back into place: one fused element-wise pass. XLA's
+  own select-and-scatter gradient took 2-8x longer on CPU (4 index iotas and a 5-output
+  reduce-window; scripts/bench_max_pool.py)."""
+  _, height, width, _ = shape
+  out_h, out_w = d_out.shape[1:3]
   zero = jnp.zeros((), d_out.dtype)
-  taken = jnp.zeros(pooled.shape, bool)
-  dx_pad = jnp.zeros(x_pad.shape, d_out.dtype)
-  for i in range(3):
-    for j in range(3):
-      tap = jax.lax.slice(x_pad, (0, i, j, 0), (batch, i + 2 * out_h - 1, j + 2 * out_w - 1,
-                                                channels), (1, 2, 2, 1))
-      first = (tap == pooled) & ~taken
-      taken = taken | first
-      placement = ((0, 0, 0), (i, height + 1 - i - 2 * (out_h - 1), 1),
-                   (j, width + 1 - j - 2 * (out_w - 1), 1), (0, 0, 0))
-      dx_pad = dx_pad + jax.lax.pad(jnp.where(first, d_out, zero), zero, placement)
+  dx_pad = jnp.zeros((d_out.shape[0], height + 2, width + 2, d_out.shape[3]), d_out.dtype)
+  for t in range(9):
+    i, j = divmod(t, 3)
+    placement = ((0, 0, 0), (i, height + 1 - i - 2 * (out_h - 1), 1),
+                 (j, width + 1 - j - 2 * (out_w - 1), 1), (0, 0, 0))
+    dx_pad = dx_pad + jax.lax.pad(jnp.where(argmax == t, d_out, zero), zero, placement)
   return (dx_pad[:, 1:height + 1, 1:width + 1],)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_first_max_grad.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
