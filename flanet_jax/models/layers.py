@@ -370,8 +370,8 @@ def max_pool_3x3_s2(x):
 
 def _max_pool_fwd(x, shape):
   """The maximum and which tap holds it, PyTorch's rule. The tap index is kept rather than
-  found again in the backward pass by comparing x with the maximum: XLA recomputes cheap
-  producers of x there, and a recomputation one ulp off lost the gradient (8-device step)."""
+  found again in the backward pass by comparing x with the maximum: XLA may recompute cheap
+  producers of x there, and the comparing version lost gradient in the 8-device step."""
   del shape
   taps = _pool_taps(x)
   pooled, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
