@@ -1,16 +1,14 @@
-"""The output modules' nearest-x2 upsampling + 3x3 conv, forward and backward, three ways.
+"""The output modules' nearest-x2 upsampling + 3x3 conv, forward and backward, two ways.
 
   upsampled   the official form: upsample, then the 3x3 conv (XLA's autodiff)
-  phases+XLA  layers.conv3x3_of_upsampled_2x's phase convolution, with XLA's transposed
-              convolution for the input gradient
-  phases      layers.conv3x3_of_upsampled_2x as used: the input gradient as one matmul per
-              phase-kernel tap (layers._phase_input_grad)
+  phases      layers.conv3x3_of_upsampled_2x: four 2x2 convolutions at the input resolution
+              (one phase convolution), its kernel gradient summed back to the 3x3 taps
 Shapes of FLANet-R101's output modules at the benchmarks' batch 2, 256x256 (32x32 features):
 the main one (2560 -> 512) and the two auxiliary ones (512 and 1024 -> 64); `main-768`: the
 main one at the paper's 768x768 crop, one image per device. Timed round-robin, medians of
 --repeats. Usage:
   python scripts/bench_upsampled_conv.py [--repeats 5] [--shapes main,aux1,aux2]
-      [--forms upsampled,phases+XLA,phases]   (prints a Markdown table)
+      [--forms upsampled,phases]   (prints a Markdown table)
 """
 
 import argparse
@@ -33,23 +31,7 @@ def upsampled(x, kernel):
   return layers._conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel, 1, 1, 1)
 
 
-def phases_with_xla_input_grad(x, kernel):
-  """Forward and kernel gradient as used; the input gradient XLA's transposed convolution."""
-  @jax.custom_vjp
-  def conv(x, kernel):
-    return layers._conv3x3_of_upsampled_2x(x, kernel)
-
-  def backward(residuals, d_out):
-    x, kernel = residuals
-    dx = jax.linear_transpose(lambda x: layers._conv3x3_of_upsampled_2x(x, kernel), x)(d_out)[0]
-    return dx, layers._conv3x3_of_upsampled_2x_bwd(residuals, d_out)[1]
-
-  conv.defvjp(lambda x, kernel: (conv(x, kernel), (x, kernel)), backward)
-  return conv(x, kernel)
-
-
-FORMS = {'upsampled': upsampled, 'phases+XLA': phases_with_xla_input_grad,
-         'phases': layers.conv3x3_of_upsampled_2x}
+FORMS = {'upsampled': upsampled, 'phases': layers.conv3x3_of_upsampled_2x}
 
 
 def main():

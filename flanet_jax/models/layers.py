@@ -199,29 +199,15 @@ def _conv3x3_of_upsampled_2x_fwd(x, kernel):
   return _conv3x3_of_upsampled_2x(x, kernel), (x, kernel)
 
 
-def _phase_input_grad(d_phases, kernel):
-  """dL/dx of the phase convolution, as one matmul per phase-kernel tap contracting its output
-  channels. XLA's transposed convolution first copied the phase kernel into a transposed layout
-  (84 MB for the main output module, whose backward pass this makes 4-7% faster on CPU;
-  scripts/bench_upsampled_conv.py)."""
-  height, width = d_phases.shape[1] - 1, d_phases.shape[2] - 1
-  phase_kernel = _phase_kernel(kernel)  # pixel (y, x) fed phase outputs (y + 1 - i, x + 1 - j)
-  accumulate = jnp.promote_types(d_phases.dtype, jnp.float32)
-  terms = [jnp.einsum('bhwo,co->bhwc', d_phases[:, 1 - i:1 - i + height, 1 - j:1 - j + width],
-                      phase_kernel[i, j], preferred_element_type=accumulate)
-           for i in (0, 1) for j in (0, 1)]
-  return functools.reduce(jnp.add, terms).astype(d_phases.dtype)
-
-
 def _conv3x3_of_upsampled_2x_bwd(residuals, d_out):
   x, kernel = residuals
+  dx = jax.linear_transpose(lambda x: _conv3x3_of_upsampled_2x(x, kernel), x)(d_out)[0]
   # As in _kernel_grad_by_matmul: the shifted copies of x are made in the backward pass.
   x, d_out = jax.lax.optimization_barrier((x, d_out))
   x_pad, (height, width) = _pad1(x), x.shape[1:3]
   phase_shape = jax.ShapeDtypeStruct((x.shape[0], height + 1, width + 1, 4 * kernel.shape[3]),
                                      d_out.dtype)
   d_phases = jax.linear_transpose(_interleave_phases, phase_shape)(d_out)[0]
-  dx = _phase_input_grad(d_phases, kernel)
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
   out_features = kernel.shape[3]
   per_sample = {(i, j): jnp.einsum(  # (B, Ci, 4 Co): the phase kernel's tap (i, j), per sample
