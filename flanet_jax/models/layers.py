@@ -45,6 +45,17 @@ def _conv(x, kernel, strides: int, dilation: int, groups: int):
       feature_group_count=groups)
 
 
+def _conv_on_platform(x, kernel, strides: int, dilation: int, groups: int):
+  """`_conv`, except a 1x1 one (groups 1) on CPU: a matmul over the channels, and so its input
+  gradient too. XLA:CPU ran ResNet's 1x1 convolutions up to 2x slower as convolutions
+  (scripts/bench_conv1x1.py); other platforms keep XLA's convolution."""
+  xla = lambda x, kernel: _conv(x, kernel, strides, dilation, groups)
+  if kernel.shape[:2] != (1, 1) or groups != 1:
+    return xla(x, kernel)
+  matmul = lambda x, kernel: jnp.einsum('bhwc,co->bhwo', x[:, ::strides, ::strides], kernel[0, 0])
+  return jax.lax.platform_dependent(x, kernel, cpu=matmul, default=xla)
+
+
 def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: int):
   """dL/dkernel of `_conv` (groups 1) as one matmul per kernel tap.
 
@@ -108,24 +119,26 @@ def _use_matmul_kernel_grad(x, kernel, strides: int, groups: int) -> bool:
 def conv2d(x, kernel, strides: int = 1, dilation: int = 1, groups: int = 1):
   """NHWC x HWIO convolution with PyTorch's symmetric padding `dilation * (k - 1) // 2`.
 
-  The forward pass and the input gradient are XLA's; on CPU the kernel gradient of the
-  shapes where XLA:CPU is slow is computed as a matmul (`_kernel_grad_by_matmul`), on every
-  other platform it is XLA's own. Same values either way, to float rounding.
+  XLA's convolution, its input gradient and its kernel gradient, except on CPU where XLA:CPU
+  is slow: 1x1 convolutions are matmuls (`_conv_on_platform`), and the kernel gradient of
+  those and of stride-1 ones of >= 1 GFLOP is one matmul per tap (`_kernel_grad_by_matmul`).
+  Same values either way, to float rounding.
   """
-  return _conv(x, kernel, strides, dilation, groups)
+  return _conv_on_platform(x, kernel, strides, dilation, groups)
 
 
 def _conv2d_fwd(x, kernel, strides, dilation, groups):
-  return _conv(x, kernel, strides, dilation, groups), (x, kernel)
+  return _conv_on_platform(x, kernel, strides, dilation, groups), (x, kernel)
 
 
 def _conv2d_bwd(strides, dilation, groups, residuals, d_out):
   x, kernel = residuals
-  conv = lambda x, kernel: _conv(x, kernel, strides, dilation, groups)
+  conv = lambda x, kernel: _conv_on_platform(x, kernel, strides, dilation, groups)
   # The convolution is linear in each argument: transposing it skips the linearisation a VJP
   # traces (R101's train step traced ~20% faster; BENCHMARKS.md "Trace time").
   dx = jax.linear_transpose(lambda x: conv(x, kernel), x)(d_out)[0]
-  xla_kernel_grad = lambda x, d_out: jax.linear_transpose(lambda k: conv(x, k), kernel)(d_out)[0]
+  xla_kernel_grad = lambda x, d_out: jax.linear_transpose(
+      lambda k: _conv(x, k, strides, dilation, groups), kernel)(d_out)[0]
   if not _use_matmul_kernel_grad(x, kernel, strides, groups):
     return dx, xla_kernel_grad(x, d_out)
   matmul_kernel_grad = lambda x, d_out: _kernel_grad_by_matmul(x, d_out, kernel.shape[0],
