@@ -382,7 +382,7 @@ def _max_pool_fwd(x, shape):
 
 def _max_pool_bwd(shape, argmax, d_out):
   """Each tap's share of d_out padded back into place: one fused element-wise pass. XLA's
-  own select-and-scatter gradient took 2-8x longer on CPU (4 index iotas and a 5-output
+  own select-and-scatter gradient took 3-7x longer on CPU (4 index iotas and a 5-output
   reduce-window; scripts/bench_max_pool.py)."""
   _, height, width, _ = shape
   out_h, out_w = d_out.shape[1:3]
