@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench_timing import round_robin_medians  # noqa: E402  (scripts/ is on sys.path)
+from bench_timing import print_ratio_rows, round_robin_medians  # noqa: E402  (scripts/ on path)
 from flanet_jax.models import layers  # noqa: E402
 
 SHAPES = [  # (input H = W, C in, C out, stride): R101's 1x1 convs, batch 2 at 256x256
@@ -43,11 +43,9 @@ def main():
           lambda x: conv(x, k, stride, 1, 1), x)(d)[0])
       runs[name, 'forward'] = lambda f=forward: f(x, kernel)
       runs[name, 'input gradient'] = lambda f=input_grad, d=d_out: f(kernel, d)
-    times = round_robin_medians(runs, args.repeats)
-    for kind in ('forward', 'input gradient'):
-      t_xla, t_matmul = times['xla', kind], times['matmul', kind]
-      print(f'| 2×{size}×{size}, {in_features} → {out_features}, {stride} | {kind} | '
-            f'{t_xla * 1e3:.1f} | {t_matmul * 1e3:.1f} | {t_xla / t_matmul:.2f} |', flush=True)
+    print_ratio_rows(f'2×{size}×{size}, {in_features} → {out_features}, {stride}',
+                     round_robin_medians(runs, args.repeats), 'xla', 'matmul',
+                     ('forward', 'input gradient'))
 
 
 if __name__ == '__main__':

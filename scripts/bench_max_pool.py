@@ -3,8 +3,9 @@
 XLA differentiates a max-pool into a select-and-scatter, which XLA:CPU lowers to a
 reduce-window carrying four index arrays; layers.max_pool_3x3_s2's forward pass keeps which
 of the nine strided taps holds each window's maximum, and its backward pass puts d_out there
-(element-wise passes; the gradient to each window's first maximum in both). Shapes of the stems: ResNet's deep stem (128 channels) at the benchmarks'
-256x256 batch 2 and at the paper's 768x768 crop, batch 1 per device; ShuffleNetV2's (24).
+(element-wise passes; the gradient to each window's first maximum in both). Shapes of the
+stems: ResNet's deep stem (128 channels) at the benchmarks' 256x256 batch 2 and at the paper's
+768x768 crop, batch 1 per device; ShuffleNetV2's (24).
 Timed round-robin, medians of --repeats. Usage:
   python scripts/bench_max_pool.py [--repeats 10]   (prints a Markdown table)
 """
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench_timing import round_robin_medians  # noqa: E402  (scripts/ is on sys.path)
+from bench_timing import print_ratio_rows, round_robin_medians  # noqa: E402  (scripts/ on path)
 from flanet_jax.models import layers  # noqa: E402
 
 SHAPES = [(2, 128, 128, 128), (1, 384, 384, 128), (2, 256, 256, 24)]  # pool inputs, NHWC
@@ -44,11 +45,8 @@ def main():
     runs = {}
     for name, pool in (('xla', layers._max_pool), ('ours', layers.max_pool_3x3_s2)):
       runs.update({(name, p): f for p, f in cases(pool, x, d_out).items()})
-    times = round_robin_medians(runs, args.repeats)
-    for p in ('backward', 'forward+backward'):
-      t_xla, t_ours = times['xla', p], times['ours', p]
-      print(f'| {"×".join(map(str, shape))} | {p} | {t_xla * 1e3:.1f} | {t_ours * 1e3:.1f} | '
-            f'{t_xla / t_ours:.2f} |', flush=True)
+    print_ratio_rows('×'.join(map(str, shape)), round_robin_medians(runs, args.repeats), 'xla',
+                     'ours', ('backward', 'forward+backward'))
 
 
 if __name__ == '__main__':

@@ -32,3 +32,12 @@ def round_robin_medians(runs, repeats: int):
       jax.block_until_ready(run())
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_ratio_rows(label, times, baseline, candidate, passes):
+  """One Markdown row per pass of `times` ({(form, pass): seconds}): label, pass, the two
+  forms' milliseconds and baseline / candidate."""
+  for kind in passes:
+    t_base, t_cand = times[baseline, kind], times[candidate, kind]
+    print(f'| {label} | {kind} | {t_base * 1e3:.1f} | {t_cand * 1e3:.1f} | '
+          f'{t_base / t_cand:.2f} |', flush=True)
