@@ -345,11 +345,14 @@ def _max_pool(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-def _pool_taps(x):
-  """The nine (3x3 window, stride 2, padding -inf) taps of x, each the size of the output."""
-  batch, height, width, channels = x.shape
-  out_h, out_w = (height + 1) // 2, (width + 1) // 2
-  x_pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+def _pad_for_pool(x):
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+
+
+def _pool_taps(x_pad):
+  """The nine taps (3x3 window, stride 2) of the padded input, each the size of the output."""
+  batch, height, width, channels = x_pad.shape
+  out_h, out_w = (height - 1) // 2, (width - 1) // 2
   return [jax.lax.slice(x_pad, (0, i, j, 0), (batch, i + 2 * out_h - 1, j + 2 * out_w - 1,
                                               channels), (1, 2, 2, 1))
           for i in range(3) for j in range(3)]
@@ -372,7 +375,7 @@ def _max_pool_fwd(x, shape):
   found again in the backward pass by comparing x with the maximum: XLA may recompute cheap
   producers of x there, and the comparing version lost gradient in the 8-device step."""
   del shape
-  taps = _pool_taps(x)
+  taps = _pool_taps(_pad_for_pool(x))
   pooled, argmax = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
   for t, tap in enumerate(taps[1:], start=1):
     better = (tap > pooled) | jnp.isnan(tap)
@@ -381,18 +384,14 @@ def _max_pool_fwd(x, shape):
 
 
 def _max_pool_bwd(shape, argmax, d_out):
-  """Each tap's share of d_out padded back into place: one fused element-wise pass. XLA's
-  own select-and-scatter gradient took 3-7x longer on CPU (4 index iotas and a 5-output
-  reduce-window; scripts/bench_max_pool.py)."""
-  _, height, width, _ = shape
-  out_h, out_w = d_out.shape[1:3]
+  """Each tap's share of d_out put back where the tap was read (the transpose of the tap
+  slicing: one fused element-wise pass). XLA's own select-and-scatter gradient took 3-7x
+  longer on CPU (4 index iotas and a 5-output reduce-window; scripts/bench_max_pool.py)."""
+  batch, height, width, channels = shape
   zero = jnp.zeros((), d_out.dtype)
-  dx_pad = jnp.zeros((d_out.shape[0], height + 2, width + 2, d_out.shape[3]), d_out.dtype)
-  for t in range(9):
-    i, j = divmod(t, 3)
-    placement = ((0, 0, 0), (i, height + 1 - i - 2 * (out_h - 1), 1),
-                 (j, width + 1 - j - 2 * (out_w - 1), 1), (0, 0, 0))
-    dx_pad = dx_pad + jax.lax.pad(jnp.where(argmax == t, d_out, zero), zero, placement)
+  shares = [jnp.where(argmax == t, d_out, zero) for t in range(9)]
+  padded = jax.ShapeDtypeStruct((batch, height + 2, width + 2, channels), d_out.dtype)
+  dx_pad, = jax.linear_transpose(_pool_taps, padded)(shares)
   return (dx_pad[:, 1:height + 1, 1:width + 1],)
 
 
