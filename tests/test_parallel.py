@@ -3,8 +3,10 @@
 In float64 the two agree to float32 rounding of the parameters, which shows the computation is
 the same: BatchNorm statistics are over the global batch. In float32 the gradients of a deep
 BN network at initialisation are themselves only accurate to ~0.5% (cancelling sums in BN's
-backward pass), so there the 8-device step is held to float32's accuracy against the float64
-one-device step: updates (the gradients, scaled) within 2%, loss and BN statistics to 1e-5.
+backward pass: the one-device float32 step's worst parameter update is 0.6% off the float64
+one's, the eight-device step's 0.7%, in other layers), so there the 8-device step is held to
+the accuracy of the 1-device float32 step against the float64 one: its worst update error at
+most twice the 1-device step's, loss and BN statistics to 1e-5.
 """
 
 import functools
@@ -53,7 +55,8 @@ def _assert_close(actual, desired, rtol, rms_atol=0.0):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """One train step in float64 on 1 and on 8 devices and in float32 on 8, same batch and init."""
+  """One train step in float64 on 1 and on 8 devices and in float32 on 1 and on 8, same batch
+  and init."""
   config = support.tiny_config(tmp_path_factory.mktemp('unused'), batch_size=8)
   config.model.dropout_rate = 0.0  # float64 draws other dropout masks than float32
   config.optimizer.learning_rate = 1.0  # updates far above the params' float32 rounding
@@ -64,7 +67,7 @@ def runs(tmp_path_factory):
   variables = jax.device_get(step.initial_variables(build_model(config.model), 0))
   variables['params']['attention']['gamma'] = np.float32(0.5)  # every parameter in play
   results = {}
-  for dtype, count in [('float64', 1), ('float64', 8), ('float32', 8)]:
+  for dtype, count in [('float64', 1), ('float64', 8), ('float32', 1), ('float32', 8)]:
     with jax.enable_x64(dtype == 'float64'):
       model = build_model(config.model, dtype)
       results[dtype, count] = _run_on(jax.devices()[:count], model, config, variables, batch)
@@ -90,11 +93,18 @@ def test_eight_devices_match_one_device_in_float64(runs):
   assert np.abs(first_bn - variables['batch_stats']['backbone']['bn1']['mean']).max() > 1e-3
 
 
-def test_eight_devices_in_float32_match_one_device_in_float64_to_float32_accuracy(runs):
+def _worst_update_error(state, state64, variables):
+  """max over parameters of ||update - float64 update|| / ||float64 update||."""
+  diff, norm = _leaf_errors(_update(state, variables), _update(state64, variables))
+  assert all(norm.values())  # every parameter moved
+  return max(diff[k] / norm[k] for k in diff)
+
+
+def test_eight_devices_in_float32_are_as_accurate_as_one_device_in_float32(runs):
   variables, results = runs
   (state8, metrics8), (state64, metrics64) = results['float32', 8], results['float64', 1]
   assert abs(metrics8['loss'] - metrics64['loss']) <= 1e-5 * metrics64['loss']
   _assert_close(state8.batch_stats, state64.batch_stats, rtol=1e-5)
-  diff, norm = _leaf_errors(_update(state8, variables), _update(state64, variables))
-  assert all(norm.values())  # every parameter moved
-  assert max(diff[k] / norm[k] for k in diff) < 0.02
+  one_device = _worst_update_error(results['float32', 1][0], state64, variables)
+  assert one_device < 0.02  # float32's own accuracy here (0.6%)
+  assert _worst_update_error(state8, state64, variables) <= 2 * one_device
