@@ -17,6 +17,9 @@ both sides, JAX's default):
   FLANet-R101 eval forward   batch 1, --eval-size^2 (512^2)
   FLA block parts            (`--cases fla_parts`) forward+backward of the attention alone
                              and of the 3x3 conv-BN-ReLU alone (input gradient compared)
+The FLA cases also give model GFLOP/s of both sides (model FLOPs: XLA's count of our forward,
+x3 with the backward) beside the best rate of a 4096^2 matmul on the same machine, which
+bounds what any implementation of the block can reach.
 Dropout is 0 on both sides (their random masks cannot match); the train step starts from
 gamma 0 (the init), where the original's batch defect (the FLA block pairs sample i with
 another sample's priors at batch > 1) does not change the result, so both compute the same.
@@ -156,6 +159,11 @@ def fla_cases(repeats, size=96, chunk_sizes=(None, 4, 16)):
 
   # (the train copy's BN running statistics move; the eval copy's do not)
   torch_backward = functools.partial(_torch_input_grad, block_train_t, x_t, g_t)
+  # Model FLOPs of the unchunked block: XLA counts a loop's body once, not per iteration.
+  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE))
+  eval_flops = forward_flops(lambda v, x: unchunked.apply(v, x, train=False), block_vars, x)
+  train_flops = 3 * forward_flops(
+      lambda v, x: unchunked.apply(v, x, train=True, mutable=['batch_stats']), block_vars, x)
 
   for chunk in chunk_sizes:
     block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk)
@@ -171,6 +179,7 @@ def fla_cases(repeats, size=96, chunk_sizes=(None, 4, 16)):
     agree = rel_diff(forward(block_vars, x), _nhwc(torch_forward()))
     rows.append((f'FLA block forward, 1x512x{size}x{size} (ours: {label})', *median_times(
         torch_forward, lambda: forward(block_vars, x).block_until_ready(), repeats), agree))
+    RATES.append((rows[-1][0], eval_flops, *rows[-1][1:3]))
     d_params, dx = backward(block_vars['params'], x)
     dx_t = torch_backward()
     grads_t = {name: _numpy(p.grad) for name, p in block_train_t.named_parameters()}
@@ -183,6 +192,7 @@ def fla_cases(repeats, size=96, chunk_sizes=(None, 4, 16)):
     rows.append((f'FLA block forward+backward (ours: {label})', *median_times(
         torch_backward, lambda: jax.block_until_ready(backward(block_vars['params'], x)),
         repeats), agree))
+    RATES.append((rows[-1][0], train_flops, *rows[-1][1:3]))
   return rows
 
 
@@ -201,9 +211,10 @@ def fla_parts_case(repeats, size=96, chunk=4):
   attention_t.conv = torch.nn.Identity()
   conv_t = copy.deepcopy(block_ref.conv).train()
   block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk)
+  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE))
   fuse = ConvBN(512, 3, dtype=jnp.dtype(DTYPE))
 
-  def attention_loss(params, x):
+  def attention_loss(params, x, block=block):
     with nn.intercept_methods(_without_fuse):
       y = block.apply({'params': params, 'batch_stats': block_vars['batch_stats']}, x,
                       train=True)
@@ -218,6 +229,8 @@ def fla_parts_case(repeats, size=96, chunk=4):
   for label, module_t, loss, params in (
       ('attention (before `conv`)', attention_t, attention_loss, block_vars['params']),
       ('`conv` 3x3-BN-ReLU', conv_t, fuse_loss, block_vars['params']['fuse'])):
+    # (counted without chunks: XLA counts a loop's body once, not per iteration)
+    flops_loss = functools.partial(loss, block=unchunked) if loss is attention_loss else loss
     backward = jax.jit(jax.grad(loss, argnums=(0, 1)))  # PyTorch's fills every .grad too
 
     torch_backward = functools.partial(_torch_input_grad, module_t, x_t, g_t)
@@ -226,6 +239,7 @@ def fla_parts_case(repeats, size=96, chunk=4):
                  *median_times(torch_backward,
                                lambda: jax.block_until_ready(backward(params, x)), repeats),
                  agree))
+    RATES.append((rows[-1][0], 3 * forward_flops(flops_loss, params, x), *rows[-1][1:3]))
   return rows
 
 
@@ -244,15 +258,42 @@ def _chunk_label(fla_chunk_size):
 
 
 THROUGHPUT = []  # (label, batch, PyTorch s, ours s, model FLOPs per step) of train cases
+RATES = []  # (label, model FLOPs, PyTorch s, ours s) of the FLA block cases
+MATMUL = {}  # best_matmul_gflops(), measured when a case reports RATES
+
+
+def forward_flops(forward, *args):
+  """XLA's FLOP count of forward(*args), of the program before any backend rewrite. "Model
+  FLOPs" of a forward+backward are 3x the forward's (the backward counted as twice the
+  forward, whatever either side recomputes)."""
+  return jax.jit(forward).lower(*args).cost_analysis()['flops']
 
 
 def model_flops_per_step(model, variables, images):
-  """3 x the training-mode forward pass's FLOPs (XLA's count of the program before any
-  backend rewrite): the usual "model FLOPs", the backward counted as twice the forward,
-  whatever either side recomputes."""
+  """Model FLOPs of a train step: 3 x the training-mode forward pass's."""
   def forward(variables, images):
     return model.apply(variables, images, train=True, mutable=['batch_stats'])
-  return 3 * jax.jit(forward).lower(variables, images).cost_analysis()['flops']
+  return 3 * forward_flops(forward, variables, images)
+
+
+def best_matmul_gflops(size=4096, repeats=7):
+  """{side: best GFLOP/s of a size x size matmul in --dtype}: what this machine's matmul
+  reaches, against which the FLA rows' model GFLOP/s can be read."""
+  a = np.random.default_rng(4).normal(size=(size, size)).astype(np.float32)
+  matmul_jax = jax.jit(jnp.matmul)
+  a_jax = jnp.asarray(a, DTYPE)
+  a_t = torch.from_numpy(a).to(DEVICE, getattr(torch, DTYPE))
+  rates = {}
+  for side, fn in (('torch', _synced(lambda: torch.matmul(a_t, a_t))),
+                   ('jax', lambda: matmul_jax(a_jax, a_jax).block_until_ready())):
+    fn()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    rates[side] = 2 * size**3 / min(times) / 1e9
+  return rates
 
 
 def train_case(repeats, fla_chunk_size=0, batch=2, size=256):
@@ -338,6 +379,17 @@ def markdown(rows, repeats, peak_tflops=0.0):
       mfu = f'{achieved / peak_tflops:.1%}' if peak_tflops else 'n/a (no --peak-tflops)'
       lines.append(f'| {name} | {batch / t_torch:.2f} | {batch / t_jax:.2f} | '
                    f'{flops / 1e12:.3g} | {achieved:.3g} | {mfu} |')
+  if RATES:
+    if not MATMUL:  # measured once, after the first case that reports rates
+      MATMUL.update(best_matmul_gflops())
+    lines += ['', f'Best 4096x4096 {DTYPE} matmul on this machine: PyTorch '
+              f'{MATMUL["torch"]:.0f}, ours (XLA) {MATMUL["jax"]:.0f} GFLOP/s. Model FLOPs: '
+              "XLA's count of our forward (x3 with the backward), the same for both sides.", '',
+              '| FLA case | Model GFLOP | PyTorch GFLOP/s | Ours GFLOP/s |',
+              '| --- | ---: | ---: | ---: |']
+    for name, flops, t_torch, t_jax in RATES:
+      lines.append(f'| {name} | {flops / 1e9:.1f} | {flops / t_torch / 1e9:.0f} | '
+                   f'{flops / t_jax / 1e9:.0f} |')
   return '\n'.join(lines)
 
 
