@@ -75,12 +75,12 @@ def test_kernel_grad_by_matmul_matches_xla_in_float64(kernel, stride, dilation):
 
 
 def test_kernel_grad_by_matmul_keeps_one_shifted_copy_of_the_input_at_a_time():
-  """Temporary memory: the padded input and one shifted copy, not k*k copies (9.2 inputs'
-  worth when the taps were unrolled)."""
+  """Temporary memory: the padded input, one shifted copy and the transposed d_out (3.7
+  inputs' worth), not k*k copies (9.2 inputs' worth when the taps were unrolled)."""
   x = jax.ShapeDtypeStruct((2, 32, 32, 64), jnp.float32)
   grad = jax.jit(lambda x, d_out: layers._kernel_grad_by_matmul(x, d_out, 3, 1, 1))
   temp = grad.lower(x, x).compile().memory_analysis().temp_size_in_bytes
-  assert temp < 3 * np.prod(x.shape) * 4
+  assert temp < 4 * np.prod(x.shape) * 4
 
 
 @pytest.mark.parametrize('features,kernel,stride,size,matmul', [

@@ -62,7 +62,10 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
   d_kernel[i,j,ci,co] = sum_{b,y,x} x_pad[b, y*s + i*d, x*s + j*d, ci] d_out[b,y,x,co].
   XLA:CPU lowers the kernel-gradient convolution to a slow path (3-10x slower than the forward
   convolution for ResNet's 1x1 convolutions and wide 3x3 ones); as matmuls they run at about
-  the speed of the forward pass.
+  the speed of the forward pass. For k > 1, d_out is transposed once to (Co, pixels), so each
+  tap's matmul reads (M, K) @ (K, N): contracting both operands over their leading pixel axis
+  ran 10-20% slower at most of our 3x3 shapes. (The same for 1x1 kernels made FLANet-R101's
+  CPU train step 7% slower, so those keep the transposed-operand matmul; BENCHMARKS.md.)
   """
   k, pad = kernel_size, dilation * (kernel_size - 1) // 2
   batch, out_h, out_w, out_features = d_out.shape
@@ -81,12 +84,12 @@ def _kernel_grad_by_matmul(x, d_out, kernel_size: int, strides: int, dilation: i
     if strides != 1:
       raise ValueError('the per-tap kernel gradient of a k > 1 kernel needs stride 1')
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    d_out_per_sample = d_out.reshape(batch, -1, out_features)
+    d_out_t = d_out.reshape(batch, -1, out_features).transpose(0, 2, 1)  # (B, Co, pixels)
     offsets = jnp.asarray([(i * dilation, j * dilation) for i in range(k) for j in range(k)])
 
     def tap_grad_per_sample(offset):  # (B, Co, Ci)
       tap = jax.lax.dynamic_slice(x, (0, *offset, 0), (batch, out_h, out_w, in_features))
-      return jnp.einsum('bno,bni->boi', d_out_per_sample, tap.reshape(batch, -1, in_features),
+      return jnp.einsum('bon,bni->boi', d_out_t, tap.reshape(batch, -1, in_features),
                         preferred_element_type=accumulate)
     # A loop over the taps, so one shifted copy of x exists at a time (unrolled, XLA:CPU made
     # all k*k copies first: 265 against 125 MB for the FLA block's training pass). Per sample,
