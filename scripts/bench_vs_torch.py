@@ -226,11 +226,12 @@ def fla_parts_case(repeats, size=96, chunk=4):
     return jnp.sum(y * cotangent)
 
   rows = []
-  for label, module_t, loss, params in (
-      ('attention (before `conv`)', attention_t, attention_loss, block_vars['params']),
-      ('`conv` 3x3-BN-ReLU', conv_t, fuse_loss, block_vars['params']['fuse'])):
-    # (counted without chunks: XLA counts a loop's body once, not per iteration)
-    flops_loss = functools.partial(loss, block=unchunked) if loss is attention_loss else loss
+  # FLOPs of the attention counted without chunks: XLA counts a loop's body once, not per
+  # iteration.
+  for label, module_t, loss, flops_loss, params in (
+      ('attention (before `conv`)', attention_t, attention_loss,
+       functools.partial(attention_loss, block=unchunked), block_vars['params']),
+      ('`conv` 3x3-BN-ReLU', conv_t, fuse_loss, fuse_loss, block_vars['params']['fuse'])):
     backward = jax.jit(jax.grad(loss, argnums=(0, 1)))  # PyTorch's fills every .grad too
 
     torch_backward = functools.partial(_torch_input_grad, module_t, x_t, g_t)
@@ -259,7 +260,6 @@ def _chunk_label(fla_chunk_size):
 
 THROUGHPUT = []  # (label, batch, PyTorch s, ours s, model FLOPs per step) of train cases
 RATES = []  # (label, model FLOPs, PyTorch s, ours s) of the FLA block cases
-MATMUL = {}  # best_matmul_gflops(), measured when a case reports RATES
 
 
 def forward_flops(forward, *args):
@@ -363,7 +363,7 @@ def _machine():
           f'torch {torch.__version__} with {torch.get_num_threads()} threads')
 
 
-def markdown(rows, repeats, peak_tflops=0.0):
+def markdown(rows, repeats, peak_tflops=0.0, matmul=None):
   lines = [f'Machine: {_machine()}, jax {jax.__version__}; {DTYPE} compute; median of '
            f'{repeats}; {datetime.date.today().isoformat()}.', '',
            '| Case | PyTorch (s) | Ours (s) | Speed-up | Rel. difference of outputs |',
@@ -379,11 +379,9 @@ def markdown(rows, repeats, peak_tflops=0.0):
       mfu = f'{achieved / peak_tflops:.1%}' if peak_tflops else 'n/a (no --peak-tflops)'
       lines.append(f'| {name} | {batch / t_torch:.2f} | {batch / t_jax:.2f} | '
                    f'{flops / 1e12:.3g} | {achieved:.3g} | {mfu} |')
-  if RATES:
-    if not MATMUL:  # measured once, after the first case that reports rates
-      MATMUL.update(best_matmul_gflops())
+  if RATES:  # (`matmul`: best_matmul_gflops(), measured with them)
     lines += ['', f'Best 4096x4096 {DTYPE} matmul on this machine: PyTorch '
-              f'{MATMUL["torch"]:.0f}, ours (XLA) {MATMUL["jax"]:.0f} GFLOP/s. Model FLOPs: '
+              f'{matmul["torch"]:.0f}, ours (XLA) {matmul["jax"]:.0f} GFLOP/s. Model FLOPs: '
               "XLA's count of our forward (x3 with the backward), the same for both sides.", '',
               '| FLA case | Model GFLOP | PyTorch GFLOP/s | Ours GFLOP/s |',
               '| --- | ---: | ---: | ---: |']
@@ -420,13 +418,15 @@ def main():
            'train': functools.partial(train_case, fla_chunk_size=chunk, batch=args.train_batch,
                                       size=args.train_size),
            'eval': functools.partial(eval_case, fla_chunk_size=chunk, size=args.eval_size)}
+  names = args.cases.split(',')
+  matmul = best_matmul_gflops() if {'fla', 'fla_parts'} & set(names) else None
   rows = []
-  for name in args.cases.split(','):
+  for name in names:
     rows += cases[name](args.repeats)
-    print(markdown(rows, args.repeats, args.peak_tflops), flush=True)
+    print(markdown(rows, args.repeats, args.peak_tflops, matmul), flush=True)
   if args.out:
     with open(args.out, 'w') as f:
-      f.write(markdown(rows, args.repeats, args.peak_tflops) + '\n')
+      f.write(markdown(rows, args.repeats, args.peak_tflops, matmul) + '\n')
 
 
 if __name__ == '__main__':
