@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench_timing import print_ratio_rows, round_robin_medians  # noqa: E402  (scripts/ on path)
+from bench_timing import (print_ratio_header, print_ratio_rows,  # noqa: E402  (scripts/ on path)
+                          round_robin_medians)
 from flanet_jax.models import layers  # noqa: E402
 
 SHAPES = [  # (input H = W, C in, C out, stride): R101's 1x1 convs, batch 2 at 256x256
@@ -29,8 +30,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=7)
   args = parser.parse_args()
-  print('| input, C in → out, stride | pass | XLA conv (ms) | matmul (ms) | XLA / matmul |')
-  print('| --- | --- | ---: | ---: | ---: |')
+  print_ratio_header('input, C in → out, stride', 'XLA conv', 'matmul')
   for size, in_features, out_features, stride in SHAPES:
     rng = np.random.default_rng(size + in_features + out_features)
     x = jnp.asarray(rng.normal(size=(2, size, size, in_features)), jnp.float32)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench_timing import print_ratio_rows, round_robin_medians  # noqa: E402  (scripts/ on path)
+from bench_timing import (print_ratio_header, print_ratio_rows,  # noqa: E402  (scripts/ on path)
+                          round_robin_medians)
 from flanet_jax.models import layers  # noqa: E402
 
 SHAPES = [(2, 128, 128, 128), (1, 384, 384, 128), (2, 256, 256, 24)]  # pool inputs, NHWC
@@ -36,8 +37,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=10)
   args = parser.parse_args()
-  print('| input (NHWC) | pass | XLA (ms) | ours (ms) | XLA / ours |')
-  print('| --- | --- | ---: | ---: | ---: |')
+  print_ratio_header('input (NHWC)', 'XLA', 'ours')
   for shape in SHAPES:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)

@@ -34,6 +34,13 @@ def round_robin_medians(runs, repeats: int):
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+def print_ratio_header(label_title, baseline_title, candidate_title):
+  """The Markdown header of the table `print_ratio_rows` fills."""
+  print(f'| {label_title} | pass | {baseline_title} (ms) | {candidate_title} (ms) | '
+        f'{baseline_title} / {candidate_title} |')
+  print('| --- | --- | ---: | ---: | ---: |')
+
+
 def print_ratio_rows(label, times, baseline, candidate, passes):
   """One Markdown row per pass of `times` ({(form, pass): seconds}): label, pass, the two
   forms' milliseconds and baseline / candidate."""
