@@ -36,6 +36,9 @@ def get_config():
   # so only that many C x C maps exist at once (memory; on CPU also faster). 0: all at once.
   config.model.fla_chunk_size = 0
   config.model.remat = False  # recompute the backbone's residual blocks in the backward pass
+  # Implementation of the model's operations (flanet_jax/kernels): 'auto' (tuned for XLA:CPU
+  # on CPU, plain XLA operations elsewhere), 'xla' (plain everywhere) or 'tuned'. Same results.
+  config.model.kernels = 'auto'
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cityscapes'  # 'cityscapes', 'ade20k' or 'voc' (README: layouts, roots)

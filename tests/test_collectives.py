@@ -16,7 +16,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flanet_jax import evaluate, optim, parallel, train
-from flanet_jax.models import build_model, layers
+from flanet_jax.kernels import cpu
+from flanet_jax.models import build_model, ops
 from tests import support
 
 _COLLECTIVE = re.compile(r'= (\(.*?\)|\S+) (all-reduce|all-gather|reduce-scatter|all-to-all|'
@@ -102,9 +103,9 @@ def test_per_tap_kernel_gradient_sums_the_sharded_batch_once_outside_its_loop():
   rng = np.random.default_rng(7)
   x, d_out = (jax.device_put(rng.normal(size=(8, 9, 11, 5)).astype(np.float32),
                              parallel.batch_sharding(mesh)) for _ in range(2))
-  grad = jax.jit(lambda x, d_out: layers._kernel_grad_by_matmul(x, d_out, 3, 1, 1))
+  grad = jax.jit(lambda x, d_out: cpu.kernel_grad_by_matmul(x, d_out, 3, 1, 1))
   hlo = grad.lower(x, d_out).compile().as_text()
   entry = re.search(r'^ENTRY (\S+)', hlo, re.M).group(1)
   assert collectives(hlo) == [('all-reduce', {'f32': 3 * 3 * 5 * 5}, entry)]
-  _, vjp = jax.vjp(lambda w: layers._conv(x, w, 1, 1, 1), jnp.zeros((3, 3, 5, 5)))
+  _, vjp = jax.vjp(lambda w: ops.conv2d(x, w), jnp.zeros((3, 3, 5, 5)))
   np.testing.assert_allclose(grad(x, d_out), vjp(d_out)[0], rtol=1e-5, atol=1e-4)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flanet_jax import kernels
 from flanet_jax.models.fla import FullyAttentionalBlock, full_attention
 from flanet_jax.models.layers import ConvBN
 from tests import support
@@ -122,15 +123,17 @@ def _autodiff_attention(x, row_prior, col_prior):
           jnp.einsum('bhck,bhwk->bhwc', attn_w, x))
 
 
-@pytest.mark.parametrize('chunk_size', [None, 1, 3, 7])
-def test_attention_custom_gradient_matches_autodiff_in_float64(chunk_size):
-  """The hand-written backward (plain and chunked, with a remainder chunk) is the gradient."""
+@pytest.mark.parametrize('chunk_size,recompute_maps', [(None, True), (1, True), (3, True),
+                                                       (7, True), (None, False), (3, False)])
+def test_attention_gradient_matches_autodiff_in_float64(chunk_size, recompute_maps):
+  """The hand-written backward (plain and chunked, with a remainder chunk) is the gradient,
+  and so is JAX's differentiation of the chunked forward pass (recompute_maps=False)."""
   rng = np.random.default_rng(chunk_size or 0)
   x, row_prior, col_prior, d_out = (rng.normal(size=s) for s in
                                     ((2, 7, 10, 6), (2, 7, 6), (2, 10, 6), (2, 7, 10, 6)))
   with jax.enable_x64(True):
     want_out, want_vjp = jax.vjp(_autodiff_attention, x, row_prior, col_prior)
-    got_out, got_vjp = jax.vjp(lambda *a: full_attention(*a, chunk_size=chunk_size),
+    got_out, got_vjp = jax.vjp(lambda *a: full_attention(*a, chunk_size, recompute_maps),
                                x, row_prior, col_prior)
     assert got_out.dtype == jnp.float64
     np.testing.assert_allclose(got_out, want_out, rtol=1e-12, atol=1e-12)
@@ -146,8 +149,8 @@ def test_chunked_block_matches_plain_block_outputs_and_gradients():
   cotangent = jnp.asarray(rng.normal(size=(2, 10, 13, 16)), jnp.float32)
   variables = support.random_init(rng, FullyAttentionalBlock(16), x)
 
-  def run(chunk_size):
-    block = FullyAttentionalBlock(16, chunk_size=chunk_size)
+  def run(chunk_size):  # with the hand-written backward pass, as 'auto' off CPU
+    block = FullyAttentionalBlock(16, chunk_size=chunk_size, ops=kernels.ACCELERATOR)
 
     def loss(params, x):
       y, updates = block.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,

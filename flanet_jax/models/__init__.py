@@ -4,18 +4,23 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from flanet_jax import kernels
 from flanet_jax.models.flanet import FLANet
 
-_FIELDS = {f.name for f in dataclasses.fields(FLANet)} - {'parent', 'name', 'dtype'}
+# Config keys: FLANet's fields, with `kernels` (a name) in place of `ops` (what it selects).
+_FIELDS = {f.name for f in dataclasses.fields(FLANet)} - {'parent', 'name', 'dtype', 'ops'}
+_KEYS = _FIELDS | {'kernels'}
 
 
 def build_model(model_config, dtype: str = 'float32') -> FLANet:
-  """Builds FLANet from `config.model` (keys: the FLANet fields, e.g. backbone, attention).
+  """Builds FLANet from `config.model` (keys: the FLANet fields, e.g. backbone, attention, and
+  `kernels`, the implementation of its operations: flanet_jax/kernels, default 'auto').
 
   `dtype` is the compute dtype ('float32' or 'bfloat16'); parameters stay float32.
   """
   kwargs = dict(model_config)
-  unknown = sorted(set(kwargs) - _FIELDS)
+  unknown = sorted(set(kwargs) - _KEYS)
   if unknown:
-    raise ValueError(f'Unknown model config keys {unknown}; valid keys: {sorted(_FIELDS)}')
-  return FLANet(dtype=jnp.dtype(dtype), **kwargs)
+    raise ValueError(f'Unknown model config keys {unknown}; valid keys: {sorted(_KEYS)}')
+  ops = kernels.select(kwargs.pop('kernels', 'auto'))
+  return FLANet(dtype=jnp.dtype(dtype), ops=ops, **kwargs)

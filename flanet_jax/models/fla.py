@@ -11,12 +11,13 @@ With x of shape (B, H, W, C):
 The original tiles the pooled priors across the batch with `repeat`, pairing sample i with the
 priors of another sample when B > 1. This block is per-sample and equals the original at B = 1.
 
-Computation (`full_attention`): the two branches have a hand-written backward pass
-(`jax.custom_vjp`) that recomputes the C×C maps instead of storing them, with the softmax
-normalisation applied to the (H, W, C) outputs rather than to the C×C maps. With `chunk_size`
-set, rows and columns are processed `chunk_size` at a time in a loop, forward and backward, so
-only chunk_size C×C maps exist at once (B·chunk_size·C²·4 bytes instead of B·(H+W)·C²·4);
-results are the same as without chunks up to float rounding.
+Computation (`full_attention`): with `recompute_maps`, the two branches have a hand-written
+backward pass (`jax.custom_vjp`) that recomputes the C×C maps instead of storing them, with the
+softmax normalisation applied to the (H, W, C) outputs rather than to the C×C maps; without it,
+JAX differentiates the forward pass (storing the maps). With `chunk_size` set, rows and columns
+are processed `chunk_size` at a time in a loop, forward and backward, so only chunk_size C×C maps
+exist at once (B·chunk_size·C²·4 bytes instead of B·(H+W)·C²·4); results are the same as
+without chunks up to float rounding.
 """
 
 import functools
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from flanet_jax.models.layers import ConvBN, Dtype, torch_default_bias_init, torch_default_kernel_init
+from flanet_jax.models.ops import PLAIN, Ops
 
 # einsum subscripts of one branch. 'rows': one map per row h, contracting over the width with
 # the column priors (A_w); 'cols': one map per column w, contracting over the height with the
@@ -46,7 +48,8 @@ def _accumulation_dtype(dtype):
 def _exp_energy(x, prior, spec):
   """Unnormalised softmax numerator P = exp(E - max E) and its row sums l, at least float32."""
   energy = jnp.einsum(spec['energy'], x, prior).astype(_accumulation_dtype(x.dtype))
-  p = jnp.exp(energy - energy.max(axis=-1, keepdims=True))
+  # The shift only keeps exp finite; it cancels in the softmax, so it carries no gradient.
+  p = jnp.exp(energy - jax.lax.stop_gradient(energy.max(axis=-1, keepdims=True)))
   return p, p.sum(axis=-1)
 
 
@@ -163,23 +166,30 @@ def _full_attention_bwd(chunk_size, residuals, d_out):
 _full_attention.defvjp(_full_attention_fwd, _full_attention_bwd)
 
 
-def full_attention(x, row_prior, col_prior, chunk_size: int | None = None):
+def full_attention(x, row_prior, col_prior, chunk_size: int | None = None,
+                   recompute_maps: bool = True):
   """O_h + O_w for x (B, H, W, C), row priors (B, H, C) and column priors (B, W, C).
 
   `chunk_size`: None computes every C×C map at once; an integer computes at most that many
   rows (and columns) at a time, so memory holds B·chunk_size C×C maps instead of B·(H+W).
+  `recompute_maps`: the hand-written backward pass, which recomputes the maps; False lets JAX
+  differentiate the forward pass, which stores them (and supports forward-mode `jax.jvp`).
   """
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f'chunk_size must be None or >= 1, got {chunk_size}')
-  return _full_attention(x, row_prior, col_prior, chunk_size)
+  if recompute_maps:
+    return _full_attention(x, row_prior, col_prior, chunk_size)
+  return _attention_forward(x, row_prior, col_prior, chunk_size)
 
 
 class FullyAttentionalBlock(nn.Module):
   """`chunk_size`: compute the row/column attention that many rows (columns) at a time
-  (memory B·chunk_size·C² instead of B·(H+W)·C², same results); None: all at once."""
+  (memory B·chunk_size·C² instead of B·(H+W)·C², same results); None: all at once.
+  `ops.fla_recomputes_maps` selects the hand-written backward pass (`full_attention`)."""
   features: int
   dtype: Dtype = jnp.float32
   chunk_size: int | None = None
+  ops: Ops = PLAIN
 
   def _prior(self, pooled, name):
     """Linear C->C with PyTorch's default init."""
@@ -191,12 +201,10 @@ class FullyAttentionalBlock(nn.Module):
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
     row_prior = self._prior(x.mean(axis=2), 'row_prior')  # (B, H, C)
-    # The mean over the height as a contraction: XLA:CPU reduces this middle axis of NHWC
-    # ~7x slower than it contracts it (20 ms against 3 ms at 96x96x512).
-    height_mean = jnp.full((x.shape[1],), 1.0 / x.shape[1], x.dtype)
-    col_prior = self._prior(jnp.einsum('bhwc,h->bwc', x, height_mean), 'col_prior')  # (B, W, C)
+    col_prior = self._prior(self.ops.mean_over_height(x), 'col_prior')  # (B, W, C)
 
     gamma = self.param('gamma', nn.initializers.zeros, (), jnp.float32)
-    attended = full_attention(x, row_prior, col_prior, self.chunk_size)
+    attended = full_attention(x, row_prior, col_prior, self.chunk_size,
+                              self.ops.fla_recomputes_maps)
     y = gamma.astype(self.dtype) * attended + x
-    return ConvBN(self.features, 3, dtype=self.dtype, name='fuse')(y, train)
+    return ConvBN(self.features, 3, dtype=self.dtype, ops=self.ops, name='fuse')(y, train)

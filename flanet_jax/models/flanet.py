@@ -18,6 +18,7 @@ At 768x768, upsampling would make the W48 main module's 3x3 conv (1232 -> 512) c
 TFLOPs at stride 2; without it, 0.42 (the ResNet-101 model's, 2560 -> 512 at stride 4: 0.87).
 """
 
+import functools
 from typing import Callable, Mapping
 
 import flax.linen as nn
@@ -27,6 +28,7 @@ from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.hrnet import CONFIGS as HRNET_CONFIGS, HRNet
 from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear
 from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
+from flanet_jax.models.ops import PLAIN, Ops
 from flanet_jax.models.resnet import ResNet
 from flanet_jax.models.shufflenet import ShuffleNetV2
 
@@ -48,34 +50,38 @@ class OutputModule(nn.Module):
   dropout_rate: float = 0.1
   upsample: bool = True
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, x, train: bool):
-    # The x2 upsampling is folded into the conv (layers.conv3x3_of_upsampled_2x): same
-    # values, 2.25x fewer FLOPs than convolving the upsampled features.
-    x = ConvBN(self.mid_features, 3, upsample_2x=self.upsample, dtype=self.dtype,
+    # The x2 upsampling is folded into the conv (ops.conv3x3_of_upsampled_2x): same values,
+    # 2.25x fewer FLOPs than convolving the upsampled features.
+    x = ConvBN(self.mid_features, 3, upsample_2x=self.upsample, dtype=self.dtype, ops=self.ops,
                name='conv_bn')(x, train)
     # Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name='classifier')(x)
+    return Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, ops=self.ops,
+                name='classifier')(x)
 
 
 def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
-                   remat: bool = False) -> nn.Module:
+                   remat: bool = False, ops: Ops = PLAIN) -> nn.Module:
   """`deep_stem` applies to ResNets, `output_stride` to ResNets and ShuffleNetV2; HRNet's
   features are always at stride 4. `remat` rematerialises every residual block (all three)."""
   if name in RESNET_DEPTHS:
-    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, name='backbone')
+    return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, ops,
+                  name='backbone')
   if name in HRNET_CONFIGS:
-    return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, name='backbone')
+    return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, ops=ops, name='backbone')
   if name == 'shufflenet_v2':
-    return ShuffleNetV2(output_stride, dtype, remat, name='backbone')
+    return ShuffleNetV2(output_stride, dtype, remat, ops, name='backbone')
   raise ValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
 
 
 class FLANet(nn.Module):
   """Returns (main, aux1, aux2) logits of shape (B, H, W, num_classes), float32 (float64 if
-  the compute dtype is)."""
+  the compute dtype is). `ops`: the implementation of the operations every layer uses
+  (models/ops.py; `build_model` picks it from `model.kernels`)."""
   num_classes: int
   backbone: str = 'resnet101'
   attention: str = 'fla'
@@ -88,6 +94,7 @@ class FLANet(nn.Module):
   fla_chunk_size: int = 0  # > 0: FLA attention this many rows/columns at a time (fla.py)
   remat: bool = False  # rematerialise the backbone's residual blocks in the backward pass
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, images, train: bool):
@@ -99,15 +106,16 @@ class FLANet(nn.Module):
                        f"model.attention='fla' (got {self.attention!r})")
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
-                                self.dtype, self.remat)(images, train)
+                                self.dtype, self.remat, self.ops)(images, train)
 
-    feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv1')(c4, train)
-    feats = ConvBN(self.head_features, 3, dtype=self.dtype, name='head_conv2')(feats, train)
+    head_conv = functools.partial(ConvBN, self.head_features, 3, dtype=self.dtype, ops=self.ops)
+    feats = head_conv(name='head_conv1')(c4, train)
+    feats = head_conv(name='head_conv2')(feats, train)
     block = ATTENTION_BLOCKS[self.attention]
     if block is not None:
       options = {'chunk_size': self.fla_chunk_size or None} if self.attention == 'fla' else {}
-      feats = block(self.head_features, dtype=self.dtype, name='attention', **options)(feats,
-                                                                                        train)
+      feats = block(self.head_features, dtype=self.dtype, ops=self.ops, name='attention',
+                    **options)(feats, train)
 
     upsample = self.output_upsample
     if upsample is None:
@@ -115,7 +123,7 @@ class FLANet(nn.Module):
 
     def output(x, mid, name):
       logits = OutputModule(mid, self.num_classes, self.dropout_rate, upsample, self.dtype,
-                            name=name)(x, train)
+                            self.ops, name=name)(x, train)
       # float32 at least: bf16 logits are widened, float64 ones (x64 tests) are kept.
       return resize_bilinear(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), size)
 

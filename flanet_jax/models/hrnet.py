@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised, resize_bilinear
+from flanet_jax.models.ops import PLAIN, Ops
 from flanet_jax.models.resnet import BasicBlock, Bottleneck
 
 # HRNet fields per backbone name (timm's and the official configs). W18-Small-v1 is the cheap
@@ -58,10 +59,11 @@ class HighResolutionModule(nn.Module):
   align_corners: bool = False
   dtype: Dtype = jnp.float32
   remat: bool = False  # rematerialise the residual blocks (layers.rematerialised)
+  ops: Ops = PLAIN
 
   def _conv_bn(self, x, features, kernel_size, strides, train, name):
     """`name_0` conv and `name_1` BN: a PyTorch `Sequential(Conv2d, BatchNorm2d, ...)`."""
-    x = Conv(features, kernel_size, strides, dtype=self.dtype, name=f'{name}_0')(x)
+    x = Conv(features, kernel_size, strides, dtype=self.dtype, ops=self.ops, name=f'{name}_0')(x)
     return batch_norm(train, self.dtype, f'{name}_1')(x)
 
   def _fuse(self, x, i, j, size, train):
@@ -82,7 +84,8 @@ class HighResolutionModule(nn.Module):
     for i, width in enumerate(self.widths):
       for b in range(self.num_blocks):
         block = rematerialised(BasicBlock, self.remat)
-        xs[i] = block(width, dtype=self.dtype, name=f'branches_{i}_{b}')(xs[i], train)
+        block = block(width, dtype=self.dtype, ops=self.ops, name=f'branches_{i}_{b}')
+        xs[i] = block(xs[i], train)
 
     fused = []
     for i in range(len(xs)):
@@ -102,9 +105,10 @@ class HRNet(nn.Module):
   align_corners: bool = False
   dtype: Dtype = jnp.float32
   remat: bool = False  # rematerialise the residual blocks (layers.rematerialised)
+  ops: Ops = PLAIN
 
   def _conv_bn_relu(self, x, features, strides, train, name):
-    x = Conv(features, 3, strides, dtype=self.dtype, name=f'{name}_0')(x)
+    x = Conv(features, 3, strides, dtype=self.dtype, ops=self.ops, name=f'{name}_0')(x)
     return nn.relu(batch_norm(train, self.dtype, f'{name}_1')(x))
 
   def _transition(self, xs, widths, index, train):
@@ -130,11 +134,12 @@ class HRNet(nn.Module):
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
     for i in (1, 2):
-      x = Conv(64, 3, 2, dtype=self.dtype, name=f'conv{i}')(x)
+      x = Conv(64, 3, 2, dtype=self.dtype, ops=self.ops, name=f'conv{i}')(x)
       x = nn.relu(batch_norm(train, self.dtype, f'bn{i}')(x))
     for j in range(self.layer1_blocks):
       block = rematerialised(Bottleneck, self.remat)
-      x = block(self.layer1_planes, dtype=self.dtype, name=f'layer1_{j}')(x, train)
+      x = block(self.layer1_planes, dtype=self.dtype, ops=self.ops,
+                name=f'layer1_{j}')(x, train)
 
     xs, representations = [x], []
     for stage, num_modules in enumerate(self.stage_modules, start=2):
@@ -142,6 +147,6 @@ class HRNet(nn.Module):
       xs = self._transition(xs, widths, stage - 1, train)
       for m in range(num_modules):
         xs = HighResolutionModule(widths, self.num_blocks, self.align_corners, self.dtype,
-                                  self.remat, name=f'stage{stage}_{m}')(xs, train)
+                                  self.remat, self.ops, name=f'stage{stage}_{m}')(xs, train)
       representations.append(self._concat(xs))
     return tuple(representations)

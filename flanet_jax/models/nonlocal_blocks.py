@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from flanet_jax.models.layers import Conv, ConvBN, Dtype, batch_norm
+from flanet_jax.models.ops import PLAIN, Ops
 
 
 def _softmax(energy, axis=-1):
@@ -32,8 +33,9 @@ def _softmax(energy, axis=-1):
   return jax.nn.softmax(energy.astype(jnp.promote_types(energy.dtype, jnp.float32)), axis=axis).astype(energy.dtype)
 
 
-def _conv1x1(x, features, dtype, name):
-  return Conv(features, 1, use_bias=True, dtype=dtype, name=name)(x)
+def _conv1x1(module, x, features, name):
+  """A 1x1 conv with bias, in `module`'s dtype with its ops."""
+  return Conv(features, 1, use_bias=True, dtype=module.dtype, ops=module.ops, name=name)(x)
 
 
 def _gamma(module):
@@ -48,13 +50,14 @@ class PositionAttention(nn.Module):
   out_n = gamma * sum_m A[n, m] v_m + x_n.
   """
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
-    query = _conv1x1(x, channels // 8, self.dtype, 'query').reshape(batch, height * width, -1)
-    key = _conv1x1(x, channels // 8, self.dtype, 'key').reshape(batch, height * width, -1)
-    value = _conv1x1(x, channels, self.dtype, 'value').reshape(batch, height * width, channels)
+    query = _conv1x1(self, x, channels // 8, 'query').reshape(batch, height * width, -1)
+    key = _conv1x1(self, x, channels // 8, 'key').reshape(batch, height * width, -1)
+    value = _conv1x1(self, x, channels, 'value').reshape(batch, height * width, channels)
     attention = _softmax(jnp.einsum('bnk,bmk->bnm', query, key))  # (B, N, N)
     out = jnp.einsum('bnm,bmc->bnc', attention, value).reshape(x.shape)
     return _gamma(self) * out + x
@@ -88,13 +91,14 @@ class CrissCrossAttention(nn.Module):
   pure-PyTorch version's `INF` diagonal); out = gamma * (column + row aggregation) + x.
   """
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, x):
     height, channels = x.shape[1], x.shape[-1]
-    query = _conv1x1(x, channels // 8, self.dtype, 'query')
-    key = _conv1x1(x, channels // 8, self.dtype, 'key')
-    value = _conv1x1(x, channels, self.dtype, 'value')
+    query = _conv1x1(self, x, channels // 8, 'query')
+    key = _conv1x1(self, x, channels // 8, 'key')
+    value = _conv1x1(self, x, channels, 'value')
     energy_col = jnp.einsum('bhwk,bgwk->bhwg', query, key)  # position (h, w) vs (g, w)
     centre = jnp.eye(height, dtype=bool)[:, None, :]  # (h, 1, g): g == h
     energy_col = jnp.where(centre, -jnp.inf, energy_col)
@@ -127,6 +131,7 @@ class EMAUnit(nn.Module):
   num_steps: int = 3
   momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -136,7 +141,7 @@ class EMAUnit(nn.Module):
         lambda: _l2_normalize(math.sqrt(2.0 / self.num_bases) * jax.random.normal(
             self.make_rng('params'), (channels, self.num_bases), jnp.float32)))
 
-    feats = _conv1x1(x, channels, self.dtype, 'conv1')
+    feats = _conv1x1(self, x, channels, 'conv1')
     # EM in float32: the normalisations and the softmax are sensitive to rounding.
     flat = jax.lax.stop_gradient(feats).astype(jnp.float32).reshape(batch, -1, channels)
     mu = jnp.broadcast_to(bases.value, (batch, channels, self.num_bases))
@@ -149,7 +154,7 @@ class EMAUnit(nn.Module):
       bases.value = self.momentum * bases.value + (1 - self.momentum) * mu.mean(axis=0)
 
     y = nn.relu(jnp.einsum('bck,bnk->bnc', mu, z)).reshape(x.shape).astype(self.dtype)
-    y = Conv(channels, 1, dtype=self.dtype, name='conv2')(y)
+    y = Conv(channels, 1, dtype=self.dtype, ops=self.ops, name='conv2')(y)
     y = batch_norm(train, self.dtype, 'bn2')(y)
     return nn.relu(y + x)
 
@@ -157,9 +162,10 @@ class EMAUnit(nn.Module):
 class _Block(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   def _fuse(self, x, train, name='fuse'):
-    return ConvBN(self.features, 3, dtype=self.dtype, name=name)(x, train)
+    return ConvBN(self.features, 3, dtype=self.dtype, ops=self.ops, name=name)(x, train)
 
 
 class ChannelNonLocal(_Block):
@@ -176,7 +182,7 @@ class SpatialNonLocal(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = PositionAttention(self.dtype, name='pam')(x.astype(self.dtype))
+    x = PositionAttention(self.dtype, self.ops, name='pam')(x.astype(self.dtype))
     return self._fuse(x, train)
 
 
@@ -186,9 +192,9 @@ class DualNonLocal(_Block):
   @nn.compact
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
-    spatial = self._fuse(PositionAttention(self.dtype, name='pam')(x), train, 'fuse_pam')
-    channel = self._fuse(ChannelAttention(self.dtype, name='cam')(x), train, 'fuse_cam')
-    return spatial + channel
+    spatial = PositionAttention(self.dtype, self.ops, name='pam')(x)
+    channel = ChannelAttention(self.dtype, name='cam')(x)
+    return self._fuse(spatial, train, 'fuse_pam') + self._fuse(channel, train, 'fuse_cam')
 
 
 class ChannelSpatialNonLocal(_Block):
@@ -198,7 +204,7 @@ class ChannelSpatialNonLocal(_Block):
   @nn.compact
   def __call__(self, x, train: bool):
     x = ChannelAttention(self.dtype, name='cam')(x.astype(self.dtype))
-    x = PositionAttention(self.dtype, name='pam')(x)
+    x = PositionAttention(self.dtype, self.ops, name='pam')(x)
     return self._fuse(x, train)
 
 
@@ -210,7 +216,7 @@ class RecurrentCrissCross(_Block):
   @nn.compact
   def __call__(self, x, train: bool):
     x = x.astype(self.dtype)
-    attention = CrissCrossAttention(self.dtype, name='cca')
+    attention = CrissCrossAttention(self.dtype, self.ops, name='cca')
     for _ in range(self.recurrence):
       x = attention(x)
     return self._fuse(x, train)
@@ -221,7 +227,7 @@ class ExpectationMaximization(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = EMAUnit(dtype=self.dtype, name='emau')(x.astype(self.dtype), train)
+    x = EMAUnit(dtype=self.dtype, ops=self.ops, name='emau')(x.astype(self.dtype), train)
     return self._fuse(x, train)
 
 

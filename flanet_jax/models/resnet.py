@@ -15,8 +15,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import (Conv, Dtype, batch_norm, materialised, max_pool_3x3_s2,
-                                      rematerialised)
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised
+from flanet_jax.models.ops import PLAIN, Ops
 
 
 class _Block(nn.Module):
@@ -24,19 +24,23 @@ class _Block(nn.Module):
   strides: int = 1
   dilation: int = 1
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
   expansion = 1
+
+  def _conv(self, *args, **kwargs):
+    return Conv(*args, dtype=self.dtype, ops=self.ops, **kwargs)
 
   def _shortcut(self, x, train):
     """Identity, or 1x1 conv (stride) + BN when the shape changes."""
     out_features = self.planes * self.expansion
     if self.strides == 1 and x.shape[-1] == out_features:
       return x
-    x = Conv(out_features, 1, self.strides, dtype=self.dtype, name='downsample_conv')(x)
+    x = self._conv(out_features, 1, self.strides, name='downsample_conv')(x)
     return batch_norm(train, self.dtype, 'downsample_bn')(x)
 
   def _output(self, out, x, train):
-    """ReLU(out + shortcut), materialised: the residual stream is not recomputed downstream."""
-    return materialised(nn.relu(out + self._shortcut(x, train)))
+    """ReLU(out + shortcut): the residual stream the next block reads."""
+    return self.ops.block_output(nn.relu(out + self._shortcut(x, train)))
 
 
 class BasicBlock(_Block):
@@ -44,9 +48,9 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = Conv(self.planes, 3, self.strides, self.dilation, dtype=self.dtype, name='conv1')(x)
+    out = self._conv(self.planes, 3, self.strides, self.dilation, name='conv1')(x)
     out = nn.relu(batch_norm(train, self.dtype, 'bn1')(out))
-    out = Conv(self.planes, 3, 1, self.dilation, dtype=self.dtype, name='conv2')(out)
+    out = self._conv(self.planes, 3, 1, self.dilation, name='conv2')(out)
     out = batch_norm(train, self.dtype, 'bn2')(out)
     return self._output(out, x, train)
 
@@ -57,11 +61,11 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = Conv(self.planes, 1, dtype=self.dtype, name='conv1')(x)
+    out = self._conv(self.planes, 1, name='conv1')(x)
     out = nn.relu(batch_norm(train, self.dtype, 'bn1')(out))
-    out = Conv(self.planes, 3, self.strides, self.dilation, dtype=self.dtype, name='conv2')(out)
+    out = self._conv(self.planes, 3, self.strides, self.dilation, name='conv2')(out)
     out = nn.relu(batch_norm(train, self.dtype, 'bn2')(out))
-    out = Conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
+    out = self._conv(self.planes * 4, 1, name='conv3')(out)
     out = batch_norm(train, self.dtype, 'bn3')(out)
     return self._output(out, x, train)
 
@@ -88,23 +92,27 @@ class ResNet(nn.Module):
   output_stride: int = 8
   dtype: Dtype = jnp.float32
   remat: bool = False
+  ops: Ops = PLAIN
+
+  def _conv(self, *args, **kwargs):
+    return Conv(*args, dtype=self.dtype, ops=self.ops, **kwargs)
 
   def _stem(self, x, train):
     if self.deep_stem:
       for i, width in enumerate((64, 64), start=1):
-        x = Conv(width, 3, 2 if i == 1 else 1, dtype=self.dtype, name=f'conv{i}')(x)
+        x = self._conv(width, 3, 2 if i == 1 else 1, name=f'conv{i}')(x)
         x = nn.relu(batch_norm(train, self.dtype, f'bn{i}')(x))
-      x = Conv(128, 3, dtype=self.dtype, name='conv3')(x)
+      x = self._conv(128, 3, name='conv3')(x)
       x = batch_norm(train, self.dtype, 'bn3')(x)
     else:
-      x = Conv(64, 7, 2, dtype=self.dtype, name='conv1')(x)
+      x = self._conv(64, 7, 2, name='conv1')(x)
       x = batch_norm(train, self.dtype, 'bn1')(x)
-    return max_pool_3x3_s2(nn.relu(x))
+    return self.ops.max_pool_3x3_s2(nn.relu(x))
 
   def _layer(self, x, train, index, planes, num_blocks, strides, dilation):
     block = rematerialised(_DEPTHS[self.depth][0], self.remat)
     for j in range(num_blocks):
-      x = block(planes, strides if j == 0 else 1, dilation, self.dtype,
+      x = block(planes, strides if j == 0 else 1, dilation, self.dtype, self.ops,
                 name=f'layer{index}_{j}')(x, train)
     return x
 

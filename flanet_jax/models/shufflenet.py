@@ -24,7 +24,8 @@ batch_stats `conv5_1/var`); conv `weight` [out, in/groups, kh, kw] becomes `kern
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flanet_jax.models.layers import Conv, Dtype, batch_norm, max_pool_3x3_s2, rematerialised
+from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised
+from flanet_jax.models.ops import PLAIN, Ops
 
 STAGE_BLOCKS = (4, 8, 4)
 STAGE_WIDTHS = (116, 232, 464)
@@ -48,6 +49,7 @@ class InvertedResidual(nn.Module):
   dilation: int = 1
   split: bool = True
   dtype: Dtype = jnp.float32
+  ops: Ops = PLAIN
 
   def _bn(self, x, train, name, relu=False):
     x = batch_norm(train, self.dtype, name)(x)
@@ -55,18 +57,18 @@ class InvertedResidual(nn.Module):
 
   def _depthwise(self, x, name):
     return Conv(x.shape[-1], 3, self.strides, self.dilation, groups=x.shape[-1],
-                dtype=self.dtype, name=name)(x)
+                dtype=self.dtype, ops=self.ops, name=name)(x)
 
   def _branch1(self, x, train):
     x = self._bn(self._depthwise(x, 'branch1_0'), train, 'branch1_1')
-    x = Conv(self.features // 2, 1, dtype=self.dtype, name='branch1_2')(x)
+    x = Conv(self.features // 2, 1, dtype=self.dtype, ops=self.ops, name='branch1_2')(x)
     return self._bn(x, train, 'branch1_3', relu=True)
 
   def _branch2(self, x, train):
-    x = Conv(self.features // 2, 1, dtype=self.dtype, name='branch2_0')(x)
+    x = Conv(self.features // 2, 1, dtype=self.dtype, ops=self.ops, name='branch2_0')(x)
     x = self._bn(x, train, 'branch2_1', relu=True)
     x = self._bn(self._depthwise(x, 'branch2_3'), train, 'branch2_4')
-    x = Conv(self.features // 2, 1, dtype=self.dtype, name='branch2_5')(x)
+    x = Conv(self.features // 2, 1, dtype=self.dtype, ops=self.ops, name='branch2_5')(x)
     return self._bn(x, train, 'branch2_6', relu=True)
 
   @nn.compact
@@ -84,6 +86,7 @@ class ShuffleNetV2(nn.Module):
   output_stride: int = 8
   dtype: Dtype = jnp.float32
   remat: bool = False  # rematerialise the blocks (layers.rematerialised)
+  ops: Ops = PLAIN
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -93,15 +96,16 @@ class ShuffleNetV2(nn.Module):
     strides = (2, *strides34)
     dilations = (1, *dilations34)
 
-    x = Conv(STEM_WIDTH, 3, 2, dtype=self.dtype, name='conv1_0')(x.astype(self.dtype))
-    x = max_pool_3x3_s2(nn.relu(batch_norm(train, self.dtype, 'conv1_1')(x)))
+    x = x.astype(self.dtype)
+    x = Conv(STEM_WIDTH, 3, 2, dtype=self.dtype, ops=self.ops, name='conv1_0')(x)
+    x = self.ops.max_pool_3x3_s2(nn.relu(batch_norm(train, self.dtype, 'conv1_1')(x)))
     outputs = []
     block = rematerialised(InvertedResidual, self.remat)
     for s, (blocks, width) in enumerate(zip(STAGE_BLOCKS, STAGE_WIDTHS)):
       for j in range(blocks):
         x = block(width, strides[s] if j == 0 else 1, dilations[s], split=j > 0,
-                  dtype=self.dtype, name=f'stage{s + 2}_{j}')(x, train)
+                  dtype=self.dtype, ops=self.ops, name=f'stage{s + 2}_{j}')(x, train)
       outputs.append(x)
-    x = Conv(LAST_WIDTH, 1, dtype=self.dtype, name='conv5_0')(x)
+    x = Conv(LAST_WIDTH, 1, dtype=self.dtype, ops=self.ops, name='conv5_0')(x)
     x = nn.relu(batch_norm(train, self.dtype, 'conv5_1')(x))
     return outputs[0], outputs[1], x
