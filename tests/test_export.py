@@ -1,4 +1,5 @@
-"""Test-server export, and our mIoU against the official Cityscapes evaluator."""
+"""Test-server export (Cityscapes, ADE20K, VOC), and our mIoU against the official Cityscapes
+evaluator."""
 
 import glob
 import pathlib
@@ -11,10 +12,10 @@ import pytest
 from PIL import Image
 
 from flanet_jax import checkpoint, export, parallel, train
-from flanet_jax.data import cityscapes, pipeline, synthetic, transforms
+from flanet_jax.data import ade20k, cityscapes, pipeline, synthetic, transforms, voc
 from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
-from tests import support
+from tests import layouts, support
 
 
 class ColourModel:
@@ -122,3 +123,68 @@ def test_export_mode_of_the_entry_point(tiny_dataset, tmp_path):
       '--config.eval.export_split=val'))
   assert 'No checkpoint' in output  # it got as far as restoring
   assert not (tmp_path / 'export').exists()
+
+
+class NearestColourModel:
+  """Stands in for FLANet: each pixel gets the class of the nearest of random colours (one
+  per class, or the given colour for the classes in `anchors`), so its class maps follow
+  from the image files alone (`classes`)."""
+
+  def __init__(self, num_classes: int, anchors: dict, seed: int = 0):
+    self.centres = np.random.default_rng(seed).uniform(0, 255, (num_classes, 3))
+    for class_index, colour in anchors.items():
+      self.centres[class_index] = colour
+
+  def classes(self, image: np.ndarray) -> np.ndarray:
+    return ((image[..., None, :] - self.centres) ** 2).sum(-1).argmin(-1)
+
+  def apply(self, variables, images, train=False):
+    rgb = images * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
+    logits = -((rgb[..., None, :] - self.centres.astype(np.float32)) ** 2).sum(-1)
+    return logits, logits, logits
+
+
+def _ade20k_val(parent):
+  root = layouts.write_ade20k(parent)
+  return root, 'val', sorted((root / 'images' / 'validation').glob('*.jpg'))
+
+
+def _voc_test(parent):
+  root = layouts.write_voc(parent)  # its two extra images, unlabelled, as the test split
+  voc.split_file(root, 'test').write_text('2009_000001\n2009_000002\n')
+  return root, 'test', [root / 'JPEGImages' / f'{i}.jpg' for i in ('2009_000001', '2009_000002')]
+
+
+# data.name -> (tiny dataset writer, class -> value the benchmark server expects)
+SERVER_IDS = {'ade20k': (_ade20k_val, lambda classes: classes + 1),  # 1..150; 0 is "other"
+              'voc': (_voc_test, lambda classes: classes)}  # the class indices 0..20
+
+
+@pytest.mark.parametrize('dataset', sorted(SERVER_IDS))
+def test_export_files_of_ade20k_and_voc(dataset, tmp_path):
+  """One labelIds PNG per image, named like it, holding the server's value of each pixel's
+  predicted class at the image's own size; and the colourised prediction beside it."""
+  write, server_ids = SERVER_IDS[dataset]
+  root, split, images = write(tmp_path)
+  info = {'ade20k': ade20k, 'voc': voc}[dataset]
+  config = support.tiny_config(root, **{'data.name': dataset,
+                                        'model.num_classes': info.NUM_CLASSES})
+  read = lambda path: np.asarray(Image.open(path)).astype(np.float64)
+  last = info.NUM_CLASSES - 1  # both ends of the class range predicted somewhere
+  model = NearestColourModel(info.NUM_CLASSES, {0: read(images[0])[0, 0],
+                                                last: read(images[-1])[-1, -1]})
+  export.write_predictions(Evaluator(config, model, parallel.make_mesh(), split=split), {},
+                           tmp_path / 'export')
+
+  label_ids = sorted((tmp_path / 'export' / 'labelIds').iterdir())
+  assert [p.name for p in label_ids] == [p.with_suffix('.png').name for p in images]
+  predicted = set()
+  for image_path, path in zip(images, label_ids):
+    classes = model.classes(read(image_path))
+    prediction = np.asarray(Image.open(path))
+    assert prediction.dtype == np.uint8
+    np.testing.assert_array_equal(prediction, server_ids(classes))
+    colour = np.asarray(Image.open(tmp_path / 'export' / 'colour' / path.name))
+    np.testing.assert_array_equal(colour, info.PALETTE[classes])
+    predicted |= set(np.unique(classes).tolist())
+  assert {0, last} <= predicted and len(predicted) > 10

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from configs import default
 from flanet_jax import inference
 from flanet_jax.inference import Settings
 
@@ -180,12 +181,25 @@ def test_flip_changes_nothing_for_a_flip_equivariant_model(settings):
                          mean_probabilities(context_model, settings), atol=1e-3)
 
 
-def test_scale_one_alone_is_single_scale_inference():
-  images, sizes = canvas(random_images([(18, 26), (18, 26)]))
-  single = predict(context_model, images, sizes, Settings())
-  np.testing.assert_array_equal(single, jnp.argmax(context_model(images), axis=-1))
-  multi = predict(context_model, images, sizes, Settings(scales=(1.0,)))
-  np.testing.assert_array_equal(multi, single)
+def test_one_pass_gives_its_logits_and_single_scale_is_the_eval_default():
+  """One pass (a single scale, no flip) scores with its logits, resized back to the image,
+  not a softmax; `eval.multi_scale=False` is one pass at scale 1 whatever eval.scales holds."""
+  eval_config = default.get_config().eval
+  assert len(eval_config.scales) > 1 and not eval_config.multi_scale
+  single = Settings.from_config(eval_config)
+  assert (single.scales, single.flip) == ((1.0,), False)
+  eval_config.multi_scale = True
+  assert Settings.from_config(eval_config).scales == tuple(eval_config.scales)
+
+  images = random_images([(18, 26), (18, 26)])
+  for settings in (single, Settings(scales=(0.75,))):  # 18 x 26 -> 14 x 20 -> 18 x 26
+    got = scores(context_model, *canvas(images), settings)
+    for k, image in enumerate(images):
+      want = reference_scores(numpy_context_model, image, settings)
+      np.testing.assert_allclose(got[k], want, atol=1e-4)
+  np.testing.assert_array_equal(predict(context_model, *canvas(images), single),
+                                np.argmax(numpy_context_model(np.stack(images)), axis=-1))
   # With flip on a flip-equivariant model, the two passes agree: same classes again.
+  images, sizes = canvas(images)
   symmetric = predict(symmetric_model, images, sizes, Settings(flip=True))
   np.testing.assert_array_equal(symmetric, jnp.argmax(symmetric_model(images), axis=-1))
