@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 import flanet_jax
-from flanet_jax import checkpoint, data, export, optim, parallel, predict, step, train, weights
+from flanet_jax import (checkpoint, data, export, optim, parallel, predict, segmenter, step,
+                        train, weights)
 from flanet_jax.convert import core, torch_reference
 from flanet_jax.convert.flanet import flanet_arch
 from flanet_jax.data import cityscapes, pipeline
@@ -95,6 +96,10 @@ def _photos(source, folder, rng):
           for p in sorted(folder.iterdir()) if p.suffix != '.txt'}
 
 
+def _never_called(*args, **kwargs):
+  raise AssertionError('the inputs are checked first')
+
+
 def _train_checkpoint(config, variables, workdir, step_number):
   tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, variables['params'])
   state = step.create_train_state(variables, tx, config.seed)
@@ -104,26 +109,27 @@ def _train_checkpoint(config, variables, workdir, step_number):
 
 
 def test_predict_writes_maps_of_any_image_into_a_new_folder(converted, tiny_dataset, tmp_path,
-                                                            pytestconfig):
+                                                            pytestconfig, monkeypatch):
   weights_dir, variables = converted
   config = _config(tiny_dataset, weights_dir)
   source = data.source(config.data, 'val')
   photos = _photos(source, tmp_path / 'photos', np.random.default_rng(0))
   workdir = tmp_path / 'work'
+  _train_checkpoint(config, variables, workdir, 5)  # it wins over init_from
   config_file = support.write_tiny_config_file(
       tmp_path / 'config.py', tiny_dataset, init_from=str(weights_dir), **OFFICIAL_HEAD)
   support.wait(support.launch_main(config_file, workdir, 8, '--mode=predict',
                                    f'--config.predict.input={tmp_path / "photos"}',
                                    cache=_cache(pytestconfig)))
-  out = workdir / 'predict' / 'init_from_flanet_r18'
+  out = workdir / 'predict' / 'step_5'
   assert sorted(p.name for p in out.iterdir()) == ['classes', 'colour', 'legend.png', 'overlay']
   names = [name.rsplit('.', 1)[0] + '.png' for name in photos]
   assert sorted(p.name for p in (out / 'classes').iterdir()) == sorted(names)
   assert Image.open(out / 'legend.png').size[1] > 19 * 15
 
   # The CLI's maps are Segmenter.predict's, and its colours and overlay follow from them.
-  segmenter = flanet_jax.Segmenter.from_checkpoint(weights_dir, config)
-  class_maps = segmenter.predict_batch(list(photos.values()))
+  seg = flanet_jax.Segmenter.from_checkpoint(weights_dir, config)
+  class_maps = seg.predict_batch(list(photos.values()))
   for (name, photo), file_name, class_map in zip(photos.items(), names, class_maps):
     assert class_map.shape == photo.shape[:2], name
     np.testing.assert_array_equal(np.asarray(Image.open(out / 'classes' / file_name)), class_map,
@@ -144,29 +150,53 @@ def test_predict_writes_maps_of_any_image_into_a_new_folder(converted, tiny_data
   np.testing.assert_array_equal(class_maps[0], canvas_maps[0])
   np.testing.assert_array_equal(class_maps[1], canvas_maps[1])
 
-  scores = segmenter.logits(photos['a_rgb.png'])
+  scores = seg.logits(photos['a_rgb.png'])
   assert scores.shape == (40, 72, 19) and scores.dtype == np.float32
   np.testing.assert_array_equal(scores.argmax(-1), class_maps[0])
 
-  # A second run writes beside the first; a training checkpoint in the workdir wins over
-  # init_from, and from_checkpoint reads one from a workdir.
-  _train_checkpoint(config, variables, workdir, 5)
+  # A second run (a glob this time) writes beside the first.
   config.predict.input = str(tmp_path / 'photos' / '*.png')
   again = predict.predict(config, workdir)
-  assert again == workdir / 'predict' / 'step_5'
+  assert again == workdir / 'predict' / 'step_5.2'
   assert {p.name: p.read_bytes() for p in (again / 'classes').iterdir()} == {
       name: (out / 'classes' / name).read_bytes() for name in names if name != 'e.png'}
-  config.predict.input = str(tmp_path / 'photos')
-  assert predict.predict(config, workdir) == workdir / 'predict' / 'step_5.2'
   from_workdir = flanet_jax.Segmenter.from_checkpoint(workdir, config)
   np.testing.assert_array_equal(from_workdir.predict(tmp_path / 'photos' / 'f_small.png'),
                                 class_maps[-1])
 
-  # An unreadable image stops the run before anything is written, naming the file.
+  # An unreadable image stops the run before the weights are loaded, nothing written.
   broken = tmp_path / 'photos' / 'b_rgba.png'
   broken.write_bytes(broken.read_bytes()[:300])
   before = sorted((workdir / 'predict').iterdir())
+  monkeypatch.setattr(weights, 'load', _never_called)
   with pytest.raises(ValueError, match=re.escape(str(broken))) as error:
     predict.predict(config, workdir)
   assert '\n' not in str(error.value)
   assert sorted((workdir / 'predict').iterdir()) == before
+
+
+def test_bad_inputs_and_partial_weights_are_named(converted, tiny_dataset, tmp_path):
+  with pytest.raises(ValueError, match='predict.input is empty'):
+    predict.input_paths('')
+  with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'nowhere'))):
+    predict.input_paths(str(tmp_path / 'nowhere'))
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'notes.txt').write_text('not an image')
+  for pattern in (tmp_path / 'empty', tmp_path / 'empty' / '*.jpg'):
+    with pytest.raises(FileNotFoundError, match=re.escape(f'{pattern}\' matches no image')):
+      predict.input_paths(str(pattern))
+  paths = [tmp_path / 'x' / 'a.jpg', tmp_path / 'x' / 'a.png', tmp_path / 'y' / 'b.png']
+  assert [str(n) for n in predict.output_names(paths)] == ['x/a.jpg.png', 'x/a.png.png',
+                                                           'y/b.png.png']
+  assert [str(n) for n in predict.output_names(paths[1:])] == ['x/a.png', 'y/b.png']
+  with pytest.raises(ValueError, match='uint8 .H, W, 3.'):
+    segmenter.as_rgb(np.zeros((4, 4, 3), np.float32))
+
+  # Backbone weights alone are no model to evaluate: the head would stay random.
+  weights_dir, variables = converted
+  backbone = tmp_path / 'backbone_only'
+  checkpoint.save_variables(backbone, {c: variables[c]['backbone'] for c in variables})
+  config = _config(tiny_dataset, backbone)
+  with pytest.raises(ValueError, match=re.escape(f"init_from='{backbone}' covers only part of "
+                                                 'the model (nothing for attention, ')):
+    weights.load(config, tmp_path / 'work', build_model(config.model), parallel.make_mesh())
