@@ -34,12 +34,13 @@ IMAGE_SUFFIXES = {suffix for suffix, image_format in Image.registered_extensions
 
 
 def input_paths(pattern: str) -> list[pathlib.Path]:
-  """The images `predict.input` names: a file, the images of a folder, or a glob's files."""
+  """The images `predict.input` names: a file, the images in a folder (and its subfolders),
+  or the files a glob matches ('**' spans folders)."""
   if not pattern:
     raise ValueError('predict.input is empty; set --config.predict.input=FILE, FOLDER or GLOB')
   path = pathlib.Path(pattern).expanduser()
   if path.is_dir():
-    paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
   elif path.is_file():
     paths = [path]
   elif glob.has_magic(pattern):
@@ -126,13 +127,16 @@ def _predict_all(segmenter: Segmenter, paths, sizes, names, out_dir, config, inf
     progress.update(len(pending))
     pending.clear()
 
-  for i in order:
-    image = next(images)
-    if pending and (pending[0][1].shape != image.shape or len(pending) == segmenter.batch_size):
-      flush()
-    pending.append((i, image))
-  flush()
-  progress.close()
+  try:
+    for i in order:
+      image = next(images)
+      if pending and (pending[0][1].shape != image.shape or len(pending) == segmenter.batch_size):
+        flush()
+      pending.append((i, image))
+    flush()
+  finally:
+    images.close()  # stops the decoding workers
+    progress.close()
 
 
 def predict(config, workdir) -> pathlib.Path:

@@ -90,10 +90,15 @@ def converted(path, model, mesh) -> Weights:
 
 
 def load(config, workdir, model, mesh) -> Weights:
-  """The workdir's checkpoint (see `restore_variables`) or, when it has none, `init_from`."""
+  """The workdir's checkpoint (see `restore_variables`) or, when it has none and no step is
+  asked for (eval.checkpoint_step < 0), the converted weights at `init_from`."""
   workdir = pathlib.Path(workdir)
-  if config.init_from and not _checkpoint_steps(config, workdir):
-    return converted(config.init_from, model, mesh)
+  if (config.init_from and config.eval.checkpoint_step < 0 and
+      not _checkpoint_steps(config, workdir)):
+    try:
+      return converted(config.init_from, model, mesh)
+    except (FileNotFoundError, ValueError) as error:  # e.g. a wrong workdir: say both
+      raise type(error)(f'No checkpoint in {workdir / "checkpoints"}, and {error}') from error
   step_number, variables = restore_variables(config, workdir, model, mesh)
   return Weights(variables, step=step_number)
 

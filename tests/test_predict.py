@@ -197,6 +197,7 @@ def test_bad_inputs_and_partial_weights_are_named(converted, tiny_dataset, tmp_p
   backbone = tmp_path / 'backbone_only'
   checkpoint.save_variables(backbone, {c: variables[c]['backbone'] for c in variables})
   config = _config(tiny_dataset, backbone)
-  with pytest.raises(ValueError, match=re.escape(f"init_from='{backbone}' covers only part of "
-                                                 'the model (nothing for attention, ')):
+  with pytest.raises(ValueError, match=re.escape(
+      f"No checkpoint in {tmp_path / 'work' / 'checkpoints'}, and init_from='{backbone}' covers "
+      'only part of the model (nothing for attention, ')):
     weights.load(config, tmp_path / 'work', build_model(config.model), parallel.make_mesh())
