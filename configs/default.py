@@ -90,6 +90,11 @@ def get_config():
   config.eval.size_divisor = 1
   config.eval.export_split = 'test'  # --mode export: the split to predict (Cityscapes server)
 
+  config.predict = ml_collections.ConfigDict()  # --mode predict (inference: config.eval)
+  config.predict.input = ''  # an image, a folder of images or a glob such as 'photos/*.jpg'
+  config.predict.output_name = ''  # folder under workdir/predict; '' names it after the weights
+  config.predict.overlay_opacity = 0.5  # of the class colours over the photo in overlay/
+
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed
   config.distributed.num_processes = 1

@@ -11,18 +11,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from flanet_jax import checkpoint, data, inference, metrics, optim, parallel, step
+from flanet_jax import data, inference, metrics, parallel, step, weights
 from flanet_jax.data import pipeline
 from flanet_jax.models import build_model
 
 
-def sharded_predict(model, settings: inference.Settings, mesh):
-  """(variables, images, sizes) -> class maps, each device predicting its own images.
+def sharded_predict(model, settings: inference.Settings, mesh, per_batch=step.eval_step):
+  """(variables, images, sizes) -> class maps (or what `per_batch` gives, e.g.
+  `step.eval_scores`), each device predicting its own images.
 
   Inference is per image (BatchNorm uses its running statistics), so shard_map keeps every
   image on its device, with no communication.
   """
-  predict = functools.partial(step.eval_step, model=model, settings=settings)
+  predict = functools.partial(per_batch, model=model, settings=settings)
   batch = P(parallel.DATA_AXIS)
   # check_vma off: loop carries start replicated and become per-device; nothing is reduced.
   return jax.shard_map(predict, mesh=mesh, in_specs=(P(), batch, batch), out_specs=batch,
@@ -94,37 +95,15 @@ def new_output_dir(base: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def train_state_shapes(config, model):
-  """Abstract train state of this config (the optimizer state shapes follow the config)."""
-  variables = jax.eval_shape(lambda: step.init_variables(model, config.seed))
-  tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, variables['params'])
-  return jax.eval_shape(lambda v: step.create_train_state(v, tx, config.seed), variables)
-
-
-def restore_variables(config, workdir: pathlib.Path, model, mesh):
-  """(step, variables) of the configured checkpoint (latest if eval.checkpoint_step < 0)."""
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints, read_only=True)
-  steps = mngr.all_steps()
-  if not steps:
-    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}')
-  wanted = config.eval.checkpoint_step
-  step_number = max(steps) if wanted < 0 else wanted
-  if step_number not in steps:
-    raise FileNotFoundError(f'No checkpoint for step {wanted} in {workdir / "checkpoints"}; '
-                            f'available: {sorted(steps)}')
-  target = checkpoint.abstract_like(train_state_shapes(config, model), parallel.replicated(mesh))
-  state = checkpoint.restore_state(mngr, step_number, target)
-  return step_number, state.variables
-
-
 def evaluate(config, workdir) -> dict:
-  """Restores a checkpoint, scores the eval split, writes the table and prediction PNGs."""
+  """Scores the eval split with `weights.load`'s variables (a checkpoint, else `init_from`);
+  writes the table, results.json and prediction PNGs."""
   workdir = pathlib.Path(workdir)
   mesh = parallel.make_mesh()
   model = build_model(config.model, config.dtype)
-  step_number, variables = restore_variables(config, workdir, model, mesh)
+  loaded = weights.load(config, workdir, model, mesh)
   evaluator = Evaluator(config, model, mesh)
-  out_dir = new_output_dir(workdir / 'eval' / f'step_{step_number}')
+  out_dir = new_output_dir(workdir / 'eval' / loaded.name)
   (out_dir / 'predictions').mkdir(parents=True)
 
   def save_pngs(indices, class_maps):
@@ -134,13 +113,13 @@ def evaluate(config, workdir) -> dict:
         image = colourise(class_map[:height, :width], evaluator.info.palette)
         Image.fromarray(image).save(out_dir / 'predictions' / f'{evaluator.source.name(index)}.png')
 
-  result = evaluator.run(variables, save_pngs)
+  result = evaluator.run(loaded.variables, save_pngs)
   table = metrics.format_table(result, evaluator.info.class_names)
   if jax.process_index() == 0:
-    print(f'Checkpoint step {step_number}, split {config.data.eval_split!r}:\n{table}')
+    print(f'Evaluated {loaded}, split {config.data.eval_split!r}:\n{table}')
     (out_dir / 'miou_table.txt').write_text(table + '\n')
     settings = inference.Settings.from_config(config.eval)
-    summary = {'step': step_number, 'split': config.data.eval_split, 'miou': result['miou'],
+    summary = {**loaded.origin(), 'split': config.data.eval_split, 'miou': result['miou'],
                'inference': {'mode': settings.mode, 'scales': settings.scales,
                              'flip': settings.flip, 'crop_size': settings.crop_size,
                              'stride': settings.stride},

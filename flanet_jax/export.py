@@ -3,6 +3,8 @@
   workdir/export/<split>_step_<N>/labelIds/<image name>.png   the dataset's submission ids
   workdir/export/<split>_step_<N>/colour/<image name>.png     colourised, to look at
 
+(`<split>_init_from_<name>` for converted weights, used when the workdir has no checkpoint.)
+
 Cityscapes: labelIds, one file per image named like the image (`*_leftImg8bit.png`), which
 is what the test server and `cityscapesscripts` match. ADE20K: 1..150. VOC: class indices.
 Inference follows `config.eval` (e.g. multi-scale + flip). The folder is new (`.2`, `.3`, ...
@@ -16,8 +18,8 @@ import jax
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from flanet_jax import parallel
-from flanet_jax.evaluate import Evaluator, colourise, new_output_dir, restore_variables
+from flanet_jax import parallel, weights
+from flanet_jax.evaluate import Evaluator, colourise, new_output_dir
 from flanet_jax.models import build_model
 
 
@@ -38,16 +40,17 @@ def write_predictions(evaluator: Evaluator, variables, out_dir: pathlib.Path) ->
 
 
 def export(config, workdir) -> pathlib.Path:
-  """Predicts `config.eval.export_split` with the configured checkpoint; returns the folder."""
+  """Predicts `config.eval.export_split` with the configured checkpoint (or `init_from`);
+  returns the folder."""
   workdir = pathlib.Path(workdir)
   mesh = parallel.make_mesh()
   model = build_model(config.model, config.dtype)
   evaluator = Evaluator(config, model, mesh, split=config.eval.export_split)  # data first
-  step_number, variables = restore_variables(config, workdir, model, mesh)
-  out_dir = new_output_dir(workdir / 'export' / f'{evaluator.split}_step_{step_number}')
+  loaded = weights.load(config, workdir, model, mesh)
+  out_dir = new_output_dir(workdir / 'export' / f'{evaluator.split}_{loaded.name}')
   staging = out_dir.with_name(out_dir.name + '.partial')
   try:
-    write_predictions(evaluator, variables, staging)
+    write_predictions(evaluator, loaded.variables, staging)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
@@ -55,5 +58,5 @@ def export(config, workdir) -> pathlib.Path:
   if jax.process_index() == 0:
     staging.rename(out_dir)
     print(f'Exported {len(evaluator.source)} predictions of split {evaluator.split!r} '
-          f'(step {step_number}) to {out_dir}')
+          f'({loaded}) to {out_dir}')
   return out_dir

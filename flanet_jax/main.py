@@ -1,6 +1,7 @@
-"""Entry point: flags only. The work is in train.py, evaluate.py and export.py.
+"""Entry point: flags only. The work is in train.py, evaluate.py, export.py and predict.py.
 
-  python -m flanet_jax.main --config configs/demo.py --workdir /tmp/demo [--mode train|eval|export]
+  python -m flanet_jax.main --config configs/demo.py --workdir /tmp/demo \
+      [--mode train|eval|export|predict]
   python -m flanet_jax.main --config configs/cityscapes_r101.py --workdir DIR \
       --config.data.root=/data/cityscapes --config.batch_size=16
 """
@@ -8,15 +9,18 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flanet_jax import evaluate, export, parallel, train
+from flanet_jax import evaluate, export, parallel, predict, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'predict'],
                   'train (resumes if possible), eval (scores eval.checkpoint_step on '
-                  'data.eval_split) or export (PNGs of eval.export_split for a test server).')
+                  'data.eval_split), export (PNGs of eval.export_split for a test server) or '
+                  'predict (class maps of the images at predict.input). eval, export and '
+                  'predict use init_from (converted weights) when the workdir has no '
+                  'checkpoint.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -31,6 +35,8 @@ def main(argv):
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
     evaluate.evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'predict':
+    predict.predict(config, FLAGS.workdir)
   else:
     export.export(config, FLAGS.workdir)
 

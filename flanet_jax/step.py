@@ -78,7 +78,16 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
   return new_state, step_metrics
 
 
+def _main_output(model, variables):
+  return lambda x: model.apply(variables, x, train=False)[0]
+
+
 def eval_step(variables, images, sizes, *, model, settings):
   """Class maps (B,H,W) int32 of a padded batch with true `sizes` (B,2); see inference.py."""
-  apply_fn = lambda x: model.apply(variables, x, train=False)[0]  # the main output
-  return inference.predict(apply_fn, images, sizes, settings)
+  return inference.predict(_main_output(model, variables), images, sizes, settings)
+
+
+def eval_scores(variables, images, sizes, *, model, settings):
+  """Class scores (B,H,W,K) float32 behind `eval_step`'s maps: the logits of a single pass,
+  else the sum of the passes' softmax (`inference.scores`)."""
+  return inference.scores(_main_output(model, variables), images, sizes, settings)

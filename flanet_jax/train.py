@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from flanet_jax import checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step
+from flanet_jax import (checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step,
+                        weights)
 from flanet_jax.data import pipeline, transforms
 from flanet_jax.models import build_model
 from flanet_jax.reporting import MetricWriter
@@ -54,7 +55,7 @@ def _start_state(config, model, mesh, mngr):
   shardings that the restore fills (nothing to compile or run)."""
   if mngr.latest_step() is None:
     return initial_state(config, model, mesh)
-  shapes = evaluate.train_state_shapes(config, model)
+  shapes = weights.train_state_shapes(config, model)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps, shapes.params)
   return checkpoint.abstract_like(shapes, parallel.replicated(mesh)), tx, schedule
 

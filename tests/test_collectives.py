@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flanet_jax import evaluate, optim, parallel, train
+from flanet_jax import optim, parallel, train, weights
 from flanet_jax.kernels import cpu
 from flanet_jax.models import build_model, ops
 from tests import support
@@ -46,7 +46,7 @@ def _setup(**model_overrides):
   config = support.tiny_config('unused', **{f'model.{k}': v for k, v in model_overrides.items()})
   mesh = parallel.make_mesh()
   model = build_model(config.model)
-  shapes = evaluate.train_state_shapes(config, model)
+  shapes = weights.train_state_shapes(config, model)
   state = jax.tree.map(lambda x: x.update(sharding=parallel.replicated(mesh)), shapes)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps, state.params)
   step = train._make_train_step(config, model, tx, schedule, mesh)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import portpicker
 
-from flanet_jax import checkpoint, evaluate, parallel
+from flanet_jax import checkpoint, parallel, weights
 from flanet_jax.models import build_model
 from tests import support
 
@@ -45,8 +45,8 @@ def test_two_processes_match_one_process_and_resume_on_another_topology(tiny_dat
   # Both end in the same parameters.
   config = support.tiny_config(tiny_dataset)
   model, mesh = build_model(config.model), parallel.make_mesh()
-  _, params_two = evaluate.restore_variables(config, tmp_path / 'two', model, mesh)
-  _, params_one = evaluate.restore_variables(config, tmp_path / 'one', model, mesh)
+  _, params_two = weights.restore_variables(config, tmp_path / 'two', model, mesh)
+  _, params_one = weights.restore_variables(config, tmp_path / 'one', model, mesh)
   for a, b in zip(jax.tree.leaves(params_two), jax.tree.leaves(params_one)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
   assert checkpoint.manager(tmp_path / 'two', keep=1, read_only=True).latest_step() == 3

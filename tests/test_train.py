@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flanet_jax import checkpoint, evaluate, parallel, step, train
+from flanet_jax import checkpoint, evaluate, parallel, step, train, weights
 from flanet_jax.data import transforms
 from flanet_jax.models import build_model
 from tests import support
@@ -87,7 +87,7 @@ def test_nonfinite_loss_stops_training_and_keeps_last_good_checkpoint(tiny_datas
     train.train_and_evaluate(config, tmp_path)
   mngr = checkpoint.manager(tmp_path, keep=3, read_only=True)
   assert mngr.all_steps() == [3]
-  _, variables = evaluate.restore_variables(config, tmp_path, build_model(config.model),
+  _, variables = weights.restore_variables(config, tmp_path, build_model(config.model),
                                             parallel.make_mesh())
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(variables))
 
