@@ -53,6 +53,7 @@ class Conv(nn.Module):
   before the conv; computed by `ops.conv3x3_of_upsampled_2x`, the kernel is the same 3x3 one.
   Parameters are `kernel` and optionally `bias` directly under this module, so converted
   PyTorch weights map one to one. `groups` > 1 gives grouped/depthwise convolution.
+  `ops` computes it (models/ops.py: the plain XLA convolution unless a backend's is injected).
   """
   features: int
   kernel_size: int = 3
