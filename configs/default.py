@@ -87,6 +87,9 @@ def get_config():
   config.eval.size_divisor = 1
   config.eval.export_split = 'test'  # --mode export: the split to predict (Cityscapes server)
 
+  config.visualise = ml_collections.ConfigDict()
+  config.visualise.num_images = 8  # --mode visualise: panels of the first images of eval_split
+
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed
   config.distributed.num_processes = 1

@@ -8,15 +8,16 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flanet_jax import evaluate, export, parallel, train
+from flanet_jax import evaluate, export, parallel, train, visualise
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'visualise'],
                   'train (resumes if possible), eval (scores eval.checkpoint_step on '
-                  'data.eval_split) or export (PNGs of eval.export_split for a test server).')
+                  'data.eval_split), export (PNGs of eval.export_split for a test server) or '
+                  "visualise (the attention block's output on data.eval_split images).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -31,6 +32,8 @@ def main(argv):
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
     evaluate.evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'visualise':
+    visualise.visualise(config, FLAGS.workdir)
   else:
     export.export(config, FLAGS.workdir)
 
