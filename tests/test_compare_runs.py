@@ -57,8 +57,10 @@ def test_bars_of_the_latest_evaluation_of_each_run(two_runs, tmp_path):
     compare_runs.main([str(workdir), '--out', str(out)])
 
 
-@pytest.mark.parametrize('content', ['{"miou": 0.5', '{"miou": 0.5}', '{"miou": 0.5, "iou": 3}',
-                                     '{"miou": "x", "iou": {"road": 0.5}}'])
+@pytest.mark.parametrize('content', [
+    '{"miou": 0.5', '{"miou": 0.5}', '{"miou": 0.5, "iou": 3}',
+    '{"miou": "x", "iou": {"road": 0.5}}',
+    '{"miou": 0.5, "iou": {"road": 0.5, "car": 0.5}}'])  # not the first run's classes
 def test_a_bad_results_file_is_named(content, two_runs, tmp_path):
   workdir, other = two_runs
   other.write_text(content)
