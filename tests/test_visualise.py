@@ -84,3 +84,12 @@ def test_a_model_without_attention_block_is_refused(tiny_dataset, tmp_path):
   with pytest.raises(ValueError, match="model.attention='none' has no block"):
     visualise.visualise(config, tmp_path)
   assert not (tmp_path / 'visualise').exists()
+
+
+def test_visualise_mode_of_the_entry_point(tiny_dataset, tmp_path):
+  config_file = support.write_tiny_config_file(tmp_path / 'none.py', tiny_dataset,
+                                               **{'model.attention': 'none'})
+  output = support.fails(support.launch_main(config_file, tmp_path / 'work', 1,
+                                             '--mode=visualise'))
+  assert "model.attention='none' has no block" in output
+  assert not (tmp_path / 'work').exists()
