@@ -15,7 +15,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import matplotlib
-import numpy as np
 from tqdm import tqdm
 
 from flanet_jax import data, evaluate, parallel
@@ -25,11 +24,11 @@ from flanet_jax.models import build_model
 matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-ATTENTION_MODULE = ('attention',)  # FLANet's name for its block (models/flanet.py)
+ATTENTION_MODULE = 'attention'  # FLANet's name for its block (models/flanet.py)
 
 
 def _is_attention_block(module, method_name: str) -> bool:
-  return module.path == ATTENTION_MODULE and method_name == '__call__'
+  return module.path == (ATTENTION_MODULE,) and method_name == '__call__'
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -38,7 +37,7 @@ def prediction_and_attention(model, variables, image):
   of normalised images (B, H, W, 3), in one inference pass."""
   (logits, _, _), state = model.apply(variables, image, train=False,
                                       capture_intermediates=_is_attention_block)
-  (attended,) = state['intermediates']['attention']['__call__']
+  (attended,) = state['intermediates'][ATTENTION_MODULE]['__call__']
   return jnp.argmax(logits, axis=-1), attended.astype(jnp.float32).mean(axis=-1)
 
 
@@ -55,8 +54,10 @@ def draw_panel(path: pathlib.Path, image, label, class_map, heatmap, palette, at
   for axis, (title, picture) in zip(axes, panels):
     axis.imshow(picture)
     axis.set_title(title)
-  axes[-1].imshow(heatmap, cmap='jet', extent=(0, width, height, 0), interpolation='bilinear')
-  axes[-1].set_title(f'{attention} output (channel mean)')
+  shown = axes[-1].imshow(heatmap, cmap='jet', extent=(0, width, height, 0),
+                         interpolation='bilinear')
+  figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
+  axes[-1].set_title(f'{attention} output\n(channel mean)')
   for axis in axes:
     axis.set_axis_off()
   figure.tight_layout()
@@ -69,6 +70,8 @@ def visualise(config, workdir) -> pathlib.Path | None:
   if config.model.attention == 'none':
     raise ValueError("--mode visualise shows the attention block's output, but "
                      "model.attention='none' has no block")
+  if config.visualise.num_images < 1:
+    raise ValueError(f'visualise.num_images must be >= 1, got {config.visualise.num_images}')
   data.check_num_classes(config)
   workdir = pathlib.Path(workdir)
   info = data.dataset_info(config.data.name)
@@ -78,8 +81,9 @@ def visualise(config, workdir) -> pathlib.Path | None:
                                                       parallel.make_mesh())
   if jax.process_index() != 0:
     return None
-  # One image at a time on one device: a few images, each at its own size.
-  variables = jax.device_put(variables, jax.local_devices()[0])
+  # One image at a time on one device (each at its own size): this process's copy of the
+  # replicated variables.
+  variables = jax.tree.map(lambda array: array.addressable_data(0), variables)
   out_dir = evaluate.new_output_dir(workdir / 'visualise' / f'step_{step_number}')
   out_dir.mkdir(parents=True)
   count = min(config.visualise.num_images, len(source))

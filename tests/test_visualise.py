@@ -79,9 +79,12 @@ def test_panels_show_the_attention_blocks_output(attention, tiny_dataset, tmp_pa
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_model_without_attention_block_is_refused(tiny_dataset, tmp_path):
-  config = support.tiny_config(tiny_dataset, **{'model.attention': 'none'})
-  with pytest.raises(ValueError, match="model.attention='none' has no block"):
+@pytest.mark.parametrize('key, value, message', [
+    ('model.attention', 'none', "model.attention='none' has no block"),
+    ('visualise.num_images', 0, 'visualise.num_images must be >= 1, got 0')])
+def test_bad_settings_are_refused(key, value, message, tiny_dataset, tmp_path):
+  config = support.tiny_config(tiny_dataset, **{key: value})
+  with pytest.raises(ValueError, match=message):
     visualise.visualise(config, tmp_path)
   assert not (tmp_path / 'visualise').exists()
 
