@@ -74,7 +74,8 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint_step = -1  # --mode eval/export: -1 restores the latest checkpoint
-  config.eval.num_prediction_images = 8  # colourised prediction PNGs written by --mode eval
+  # Colourised predictions: PNGs of --mode eval; TensorBoard images of training's evaluations.
+  config.eval.num_prediction_images = 8
   # Inference (flanet_jax/inference.py); the paper's MS+F: multi_scale and flip True.
   config.eval.mode = 'whole'  # 'whole' image, or 'slide': crop_size windows, logits averaged
   config.eval.crop_size = (768, 768)  # slide windows (height, width)
