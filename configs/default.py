@@ -77,7 +77,8 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint_step = -1  # --mode eval/export: -1 restores the latest checkpoint
-  config.eval.num_prediction_images = 8  # colourised prediction PNGs written by --mode eval
+  # Colourised predictions: PNGs of --mode eval; TensorBoard images of training's evaluations.
+  config.eval.num_prediction_images = 8
   # Inference (flanet_jax/inference.py); the paper's MS+F: multi_scale and flip True.
   config.eval.mode = 'whole'  # 'whole' image, or 'slide': crop_size windows, logits averaged
   config.eval.crop_size = (768, 768)  # slide windows (height, width)
@@ -94,6 +95,9 @@ def get_config():
   config.predict.input = ''  # an image, a folder of images or a glob such as 'photos/*.jpg'
   config.predict.output_name = ''  # folder under workdir/predict; '' names it after the weights
   config.predict.overlay_opacity = 0.5  # of the class colours over the photo in overlay/
+
+  config.visualise = ml_collections.ConfigDict()
+  config.visualise.num_images = 8  # --mode visualise: panels of the first images of eval_split
 
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed

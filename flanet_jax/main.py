@@ -9,17 +9,18 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flanet_jax import evaluate, export, parallel, predict, train
+from flanet_jax import evaluate, export, parallel, predict, train, visualise
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'predict'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'predict', 'visualise'],
                   'train (resumes if possible), eval (scores eval.checkpoint_step on '
-                  'data.eval_split), export (PNGs of eval.export_split for a test server) or '
-                  'predict (class maps of the images at predict.input). eval, export and '
-                  'predict use init_from (converted weights) when the workdir has no '
+                  'data.eval_split), export (PNGs of eval.export_split for a test server), '
+                  'predict (class maps of the images at predict.input) or visualise (the '
+                  "attention block's output on data.eval_split images). eval, export, predict "
+                  'and visualise use init_from (converted weights) when the workdir has no '
                   'checkpoint.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -37,6 +38,8 @@ def main(argv):
     evaluate.evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'predict':
     predict.predict(config, FLAGS.workdir)
+  elif FLAGS.mode == 'visualise':
+    visualise.visualise(config, FLAGS.workdir)
   else:
     export.export(config, FLAGS.workdir)
 

@@ -5,11 +5,12 @@ import math
 import pathlib
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
-  """Writes scalars from process 0 only; a no-op on the other processes."""
+  """Writes scalars (and TensorBoard images) from process 0 only; a no-op on the others."""
 
   def __init__(self, workdir: pathlib.Path, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
@@ -29,6 +30,12 @@ class MetricWriter:
       if math.isfinite(float(value)):
         self.tensorboard.add_scalar(key, float(value), int(step))
     self.tensorboard.flush()
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """A uint8 (H, W, 3) RGB image in TensorBoard (not in metrics.jsonl)."""
+    if self.enabled:
+      self.tensorboard.add_image(tag, image, int(step), dataformats='HWC')
+      self.tensorboard.flush()
 
   def close(self) -> None:
     if self.enabled:

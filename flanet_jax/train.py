@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from flanet_jax import (checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step,
@@ -146,6 +147,26 @@ def _hot_step(run: _Run, window, nonfinite):
   return window, nonfinite
 
 
+def _prediction_logger(run: _Run, step_number: int):
+  """`Evaluator.run` callback: image | ground truth | prediction of the first
+  eval.num_prediction_images images this process predicts, to TensorBoard (process 0)."""
+  evaluator, logged = run.evaluator, []
+
+  def log(indices, class_maps):
+    for index, class_map in zip(indices, class_maps):
+      if not run.writer.enabled or len(logged) >= run.config.eval.num_prediction_images:
+        return
+      example = evaluator.source[index]
+      height, width = example['label'].shape
+      palette = evaluator.info.palette
+      panel = np.concatenate([example['image'], evaluate.colourise(example['label'], palette),
+                              evaluate.colourise(class_map[:height, :width], palette)], axis=1)
+      run.writer.image(step_number, f'eval_predictions/{evaluator.source.name(index)}', panel)
+      logged.append(index)
+
+  return log
+
+
 def _train(run: _Run, start: int, stop: int) -> dict | None:
   """Steps start+1..stop with periodic logging, checkpoints and evaluation."""
   config, result = run.config, None
@@ -172,7 +193,7 @@ def _train(run: _Run, start: int, stop: int) -> dict | None:
     if save:
       checkpoint.save(run.mngr, step_number, run.state, run.iterator)
     if step_number % config.eval_every_steps == 0 or step_number == config.num_train_steps:
-      result = run.evaluator.run(run.state.variables)
+      result = run.evaluator.run(run.state.variables, _prediction_logger(run, step_number))
       run.writer.write(step_number, {'miou': result['miou'],
                                      'pixel_accuracy': result['pixel_accuracy']})
       timer = time.perf_counter()  # evaluation time is not training throughput

@@ -1,14 +1,18 @@
 """Shared test helpers: a tiny synthetic dataset and a tiny training config."""
 
+import io
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from tensorboardX.proto import event_pb2
 
 from configs import default
 from flanet_jax import optim, parallel, step
@@ -183,3 +187,20 @@ def flanet_loss_and_grads(model, variables, images, labels, num_classes: int):
   """((loss, new batch statistics), gradients w.r.t. params) of `flanet_loss_fn`."""
   loss_fn = flanet_loss_fn(model, variables, images, labels, num_classes)
   return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+
+
+def tensorboard_images(directory) -> dict[str, list[tuple[int, np.ndarray]]]:
+  """tag -> [(step, RGB image)] of the image summaries in a TensorBoard folder's event files
+  (TFRecord framing: length u64, its CRC u32, the Event proto, its CRC u32)."""
+  images = {}
+  for path in sorted(pathlib.Path(directory).glob('events.out.tfevents.*')):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        if value.HasField('image'):
+          image = Image.open(io.BytesIO(value.image.encoded_image_string))
+          images.setdefault(value.tag, []).append((event.step, np.asarray(image)))
+  return images

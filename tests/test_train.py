@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from flanet_jax import checkpoint, evaluate, parallel, step, train, weights
-from flanet_jax.data import transforms
+from flanet_jax.data import cityscapes, transforms
 from flanet_jax.models import build_model
 from tests import support
 
@@ -45,6 +45,22 @@ def test_short_training_learns_and_eval_mode_reproduces_it(tiny_dataset, tmp_pat
   pngs = sorted((out / 'predictions').glob('*.png'))
   assert len(pngs) == 4
   assert np.asarray(Image.open(pngs[0])).shape == (40, 72, 3)
+  # The evaluation during training showed TensorBoard image | ground truth | prediction of
+  # the val images (all 6: eval.num_prediction_images is 8), the same predictions.
+  shown = support.tensorboard_images(workdir / 'tensorboard')
+  val = sorted(tiny_dataset.glob('leftImg8bit/val/*/*.png'))
+  assert sorted(shown) == sorted(f'eval_predictions/{p.name[:-len("_leftImg8bit.png")]}'
+                                 for p in val)
+  for png in pngs:
+    [(shown_step, panel)] = shown[f'eval_predictions/{png.stem}']
+    image = next(p for p in val if p.name.startswith(png.stem))
+    label = next(tiny_dataset.glob(f'gtFine/val/*/{png.stem}_gtFine_labelIds.png'))
+    assert shown_step == 60 and panel.shape == (40, 3 * 72, 3)
+    np.testing.assert_array_equal(panel[:, :72], np.asarray(Image.open(image)))
+    train_ids = cityscapes.LABEL_TABLE[np.asarray(Image.open(label))]
+    np.testing.assert_array_equal(panel[:, 72:144],
+                                  evaluate.colourise(train_ids, cityscapes.PALETTE))
+    np.testing.assert_array_equal(panel[:, 144:], np.asarray(Image.open(png)))
   # A second evaluation (here on 8 devices) writes beside the first, never over it.
   again = evaluate.evaluate(support.tiny_config(tiny_dataset, **LEARNING), workdir)
   assert again['miou'] == pytest.approx(miou, abs=1e-3)
