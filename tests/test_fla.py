@@ -1,4 +1,12 @@
-"""The FLA block against an independent float64 NumPy formulation of DESIGN.md."""
+"""The FLA block against an independent float64 NumPy formulation of the released model.
+
+The released block, for one sample x of shape (H, W, C): row priors are a Linear (C -> C, with
+bias) of x averaged over the width, column priors a second Linear of x averaged over the height.
+For every column, A_h = softmax_k(sum_h x[h,w,c] row_prior[h,k]); for every row,
+A_w = softmax_k(sum_w x[h,w,c] col_prior[w,k]); no scaling and no projections of x, whose values
+are attended: O_h[h,w,c] = sum_k A_h[w,c,k] x[h,w,k], likewise O_w. The block returns
+ReLU(BN(conv3x3(gamma * (O_h + O_w) + x))) with one scalar gamma.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +123,7 @@ def test_fla_attention_flops_match_paper():
 
 
 def _autodiff_attention(x, row_prior, col_prior):
-  """DESIGN.md's formulation written plainly, differentiated by JAX's autodiff."""
+  """The released block's attention (module docstring) written plainly, for JAX's autodiff."""
   attn_h = jax.nn.softmax(jnp.einsum('bhwc,bhk->bwck', x, row_prior), axis=-1)
   attn_w = jax.nn.softmax(jnp.einsum('bhwc,bwk->bhck', x, col_prior), axis=-1)
   return (jnp.einsum('bwck,bhwk->bhwc', attn_h, x) +
