@@ -33,8 +33,8 @@ def init_variables(model, seed, image_shape=INIT_IMAGE_SHAPE):
 
 
 # Initialisation runs once per run, but compiles a random generator per parameter: on CPU,
-# XLA compiles it faster without LLVM optimisation, which more than pays for the slower run
-# (compile + run: FLANet-R18 15.2 -> 6.6 s, R101 34.6 -> 24.9 s; BENCHMARKS.md).
+# compiling it without LLVM optimisation saves more time than the unoptimised code loses in
+# its single run (BENCHMARKS.md, Initialisation).
 UNOPTIMISED = {'xla_backend_optimization_level': 0}
 
 

@@ -116,8 +116,8 @@ def torch_flanet(gamma: float):
 def median_times(torch_fn, jax_fn, repeats):
   """Median seconds of torch_fn and of jax_fn (each runs one iteration to completion): first
   `repeats` calls of one, then of the other. Not alternated call by call: a JAX train step run
-  right after a PyTorch one took 6.7-7.5 s against 6.1-6.4 s after another JAX step (the
-  PyTorch step was not affected), so alternating measures the interference, not the code."""
+  right after a PyTorch one is slower than after another JAX step (the PyTorch step is not
+  affected), so alternating measures the interference, not the code."""
   times = {}
   for name, fn in (('torch', _synced(torch_fn)), ('jax', jax_fn)):
     times[name] = []

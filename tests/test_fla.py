@@ -178,7 +178,7 @@ def _temp_bytes(fn, *args):
 
 def test_chunked_block_memory_is_bounded():
   """XLA's compile-time peak temporary memory of the block at FLANet's size (96x96x512, fp32):
-  the plain form holds two 96x512x512 fp32 maps (2 x 100.7 MB); chunks of 8 rows hold 8."""
+  the plain form holds two 96x512x512 fp32 maps (one per branch); chunks of 8 rows hold 8."""
   x = jax.ShapeDtypeStruct((1, 96, 96, 512), jnp.float32)
   temp = {}
   for chunk_size in (None, 8):
