@@ -78,6 +78,21 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
   return new_state, step_metrics
 
 
+def saved_for_backward_bytes(model, variables, images) -> int:
+  """Bytes that the training forward pass keeps for the backward pass (the residuals held by
+  its VJP), in the program JAX builds, before XLA: what `model.remat` reduces. Compilers may
+  reschedule the recomputation; XLA:CPU drops the barriers that keep it apart, so its compiled
+  memory shows less of the saving than GPU and TPU."""
+
+  def forward(params, stats):
+    return model.apply({'params': params, 'batch_stats': stats}, images, train=True,
+                       rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+
+  vjp = jax.eval_shape(lambda p, s: jax.vjp(forward, p, s)[1], variables['params'],
+                       variables['batch_stats'])
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp))
+
+
 def eval_step(variables, images, sizes, *, model, settings):
   """Class maps (B,H,W) int32 of a padded batch with true `sizes` (B,2); see inference.py."""
   apply_fn = lambda x: model.apply(variables, x, train=False)[0]  # the main output

@@ -54,6 +54,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs import default  # noqa: E402
 from flanet_jax import optim, step  # noqa: E402
 from flanet_jax.convert import convert_state_dict, torch_reference  # noqa: E402
+from flanet_jax.labels import IGNORE_INDEX  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
 from flanet_jax.models.fla import FullyAttentionalBlock  # noqa: E402
 from flanet_jax.models.layers import ConvBN  # noqa: E402
@@ -315,9 +316,9 @@ def train_case(repeats, fla_chunk_size=0, batch=2, size=256):
     sgd.zero_grad()
     with _torch_precision():
       main, aux1, aux2 = net(images_t)
-      loss = (F.cross_entropy(main, labels_t, ignore_index=255) +
-              0.4 * F.cross_entropy(aux1, labels_t, ignore_index=255) +
-              0.4 * F.cross_entropy(aux2, labels_t, ignore_index=255))
+      loss = (F.cross_entropy(main, labels_t, ignore_index=IGNORE_INDEX) +
+              0.4 * F.cross_entropy(aux1, labels_t, ignore_index=IGNORE_INDEX) +
+              0.4 * F.cross_entropy(aux2, labels_t, ignore_index=IGNORE_INDEX))
     loss.backward()
     sgd.step()
     return loss.item()

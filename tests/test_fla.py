@@ -18,12 +18,6 @@ from flanet_jax.models.layers import ConvBN
 from tests import support
 
 
-def _softmax64(e):
-  e = e - e.max(axis=-1, keepdims=True)
-  p = np.exp(e)
-  return p / p.sum(axis=-1, keepdims=True)
-
-
 def numpy_fla_attention(x, w_row, b_row, w_col, b_col, gamma):
   """gamma * (O_h + O_w) + x for ONE sample x of shape (H, W, C), loops over rows/columns."""
   height, width, _ = x.shape
@@ -32,11 +26,11 @@ def numpy_fla_attention(x, w_row, b_row, w_col, b_col, gamma):
   out = np.zeros_like(x)
   for w in range(width):  # one C x C relation per column, priors of the rows
     column = x[:, w, :]  # (H, C)
-    attn = _softmax64(column.T @ row_prior)  # (C, C): sum_h x[h,w,c] r[h,k]
+    attn = support.softmax64(column.T @ row_prior)  # (C, C): sum_h x[h,w,c] r[h,k]
     out[:, w, :] += column @ attn.T  # O_h[h,w,c] = sum_k A[c,k] x[h,w,k]
   for h in range(height):  # one C x C relation per row, priors of the columns
     row = x[h, :, :]  # (W, C)
-    attn = _softmax64(row.T @ col_prior)
+    attn = support.softmax64(row.T @ col_prior)
     out[h, :, :] += row @ attn.T
   return gamma * out + x
 

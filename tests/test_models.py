@@ -97,10 +97,7 @@ def test_gradients_finite_and_nonzero_for_every_parameter(attention):
   params = variables['params']
 
   _, grads = support.flanet_loss_and_grads(model, variables, images, labels, 4)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    g = np.asarray(g)
-    assert np.isfinite(g).all(), jax.tree_util.keystr(path)
-    assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+  support.assert_gradients_finite_and_nonzero(grads)
   assert ('attention' in params) == (attention == 'fla')
 
 
