@@ -101,6 +101,7 @@ def test_gamma_zero_is_conv_bn_relu():
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.compiler
 def test_fla_attention_flops_match_paper():
   """8*C^2*H*W FLOPs at C=512, 96x96 (the paper's 19.37 GFLOPs), the 3x3 conv excluded."""
   channels, size = 512, 96
@@ -170,6 +171,7 @@ def _temp_bytes(fn, *args):
   return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.compiler
 def test_chunked_block_memory_is_bounded():
   """XLA's compile-time peak temporary memory of the block at FLANet's size (96x96x512, fp32):
   the plain form holds two 96x512x512 fp32 maps (one per branch); chunks of 8 rows hold 8."""

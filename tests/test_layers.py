@@ -74,6 +74,7 @@ def test_kernel_grad_by_matmul_matches_xla_in_float64(kernel, stride, dilation):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
+@pytest.mark.compiler
 def test_kernel_grad_by_matmul_keeps_one_shifted_copy_of_the_input_at_a_time():
   """Temporary memory: the padded input, one shifted copy and the transposed d_out (3.7
   inputs' worth), not k*k copies (9.2 inputs' worth when the taps were unrolled)."""
@@ -83,6 +84,7 @@ def test_kernel_grad_by_matmul_keeps_one_shifted_copy_of_the_input_at_a_time():
   assert temp < 4 * np.prod(x.shape) * 4
 
 
+@pytest.mark.compiler
 @pytest.mark.parametrize('features,kernel,stride,size,matmul', [
     ((64, 16), 1, 1, 8, True), ((64, 16), 1, 2, 8, True),  # 1x1: always
     ((256, 256), 3, 1, 32, True), ((64, 128), 3, 1, 64, True),  # >= 1 GFLOP
@@ -100,6 +102,7 @@ def test_conv_kernel_gradient_on_cpu_is_a_matmul_where_chosen(features, kernel, 
   assert ('convolution(' not in hlo) == matmul
 
 
+@pytest.mark.compiler
 @pytest.mark.parametrize('kernel', [1, 3])
 def test_kernel_grad_flops_match_xla_cost_analysis(kernel):
   x_shape, kernel_shape = (2, 16, 12, 8), (kernel, kernel, 8, 4)
@@ -212,6 +215,7 @@ def test_batch_norm_matches_torch_train_and_running_stats():
                              torch_bn.running_var.numpy(), rtol=1e-5)
 
 
+@pytest.mark.compiler
 def test_materialised_is_exact_in_values_and_gradients():
   x = np.random.default_rng(5).normal(size=(3, 4, 5, 6)).astype(np.float32)
   # (No subnormals: XLA:CPU flushes them to 0 in every arithmetic op, so a residual stream,
@@ -233,6 +237,7 @@ def _fusion_operand_counts(hlo_text):
   return [call.count('%') for call in calls]
 
 
+@pytest.mark.compiler
 def test_residual_stream_is_computed_once_per_block():
   """The compiled training gradient of 8 chained Bottlenecks: no fusion recomputes earlier
   blocks' outputs. Without `layers.materialised` XLA:CPU copied every earlier block's BN

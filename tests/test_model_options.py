@@ -71,6 +71,7 @@ def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone
   assert saved(remat) < 0.8 * saved(plain)
 
 
+@pytest.mark.compiler
 def test_fla_chunk_size_reaches_the_block_and_changes_nothing():
   """The model passes the chunk size to its FLA block and computes the same training forward
   pass (the chunked block's gradients are the plain block's: test_fla.py)."""

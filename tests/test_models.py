@@ -110,6 +110,7 @@ def test_build_model_rejects_unknown_keys_and_names():
     _abstract_init(_model(num_classes=3, attention='ccnet'), (1, 32, 32, 3))
 
 
+@pytest.mark.compiler
 def test_bfloat16_compute_keeps_parameters_statistics_and_logits_in_float32():
   rng = np.random.default_rng(5)
   images = jnp.asarray(rng.normal(size=(2, 40, 48, 3)), jnp.float32)

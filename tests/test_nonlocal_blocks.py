@@ -163,6 +163,7 @@ PAPER_GFLOPS = {'fla': 19.37, 'channel_nl': 9.66, 'spatial_nl': 103.90, 'dual_nl
                 'cs_nl': 113.56, 'rcca': 16.18, 'ema': 13.91}
 
 
+@pytest.mark.compiler
 @pytest.mark.parametrize('name', sorted(PAPER_GFLOPS))
 def test_attention_flops_match_paper(name):
   """XLA's FLOP count of each block without its fuse conv (multiply-add = 2) is within 3% of
