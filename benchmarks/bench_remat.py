@@ -8,7 +8,7 @@ Batch 2 at 256x256, fp32, one device, train.py's jitted step (CE loss, SGD). Rep
 XLA:CPU removes the optimisation barriers that keep the recomputation apart and schedules it
 freely, so on CPU the compiled memory drops far less than the saved residuals (GPU/TPU keep
 the barriers). Usage:
-  python scripts/bench_remat.py [--size 256] [--steps 3]   (prints a Markdown table)
+  python benchmarks/bench_remat.py [--size 256] [--steps 3]   (prints a Markdown table)
 """
 
 import argparse
@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs import default  # noqa: E402
 from flanet_jax import parallel, step, train  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
-from bench_timing import median_step_time  # noqa: E402  (scripts/ is on sys.path)
+from measure import median_step_time  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def measure(remat: bool, size: int, steps: int) -> str:

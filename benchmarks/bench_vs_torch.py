@@ -26,7 +26,7 @@ another sample's priors at batch > 1) does not change the result, so both comput
 Each case: one untimed call of each (compilation; its outputs are compared: ||ours - torch||
 over ||torch||, for the block's backward the worst of the input and parameter gradients), then
 --repeats timed calls of PyTorch, then --repeats of ours (see `median_times`); medians.
-Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md]
+Usage:  python benchmarks/bench_vs_torch.py [--repeats 3] [--out table.md]
         [--cases fla,train,eval[,fla_parts]] [--fla-chunk-size N (train, eval)]
         [--dtype float32|bfloat16] [--fla-size 96] [--train-batch 2] [--train-size 256]
         [--eval-size 512] [--peak-tflops T]
