@@ -18,9 +18,9 @@ $(VENV)/.dev: $(VENV)/.core requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# Two pytest processes (pytest-xdist), each test file in one of them: one process alone kept
-# 1.4 of 2 cores busy (compiling and tracing are mostly single-threaded). Files are handed out
-# slowest first (tests/conftest.py).
+# Two pytest processes (pytest-xdist), each test file in one of them: one process alone
+# leaves a core partly idle (compiling and tracing are mostly single-threaded). Files are
+# handed out slowest first (tests/conftest.py).
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 

@@ -2,7 +2,7 @@
 
 Paper (Song et al., AAAI 2022, Sec. 4): SGD momentum 0.9, weight decay 5e-4, LR 0.01, poly
 0.9, batch 8, 520x520 crops, random scale 0.5-2.0, flip, colour jitter, synchronised BN;
-46.68 mIoU on val. The epoch count is the paper's general 240 (DESIGN.md).
+46.68 mIoU on val. The paper gives one epoch count, 240, for every dataset; used here too.
 Chosen here (as in configs/cityscapes_r101.py): OHEM on the main output, CE with weight 0.4
 on the auxiliary outputs, 10x head LR. Resize base (2048, 512) as in mmsegmentation.
 Evaluation: sliding 520x520 windows over the full-resolution image (mixed sizes; canvases

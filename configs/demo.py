@@ -1,4 +1,4 @@
-"""A small FLANet (ResNet-18, narrow head) on the synthetic dataset; minutes on a CPU.
+"""A small FLANet (ResNet-18, narrow head) on the synthetic dataset, small enough for a CPU.
 
 The dataset is written to data/synthetic_cityscapes on first use.
 """

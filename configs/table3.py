@@ -3,7 +3,7 @@
   python -m flanet_jax.main --config configs/table3.py:BLOCK --workdir DIR
 BLOCK: fla, channel_nl, spatial_nl, dual_nl, cs_nl, rcca, ema (flanet_jax/models/
 nonlocal_blocks.py) in place of the FLA block, or none (no block). The blocks' added GFLOPs
-and memory are measured by scripts/bench_attention.py (BENCHMARKS.md).
+and memory are measured by benchmarks/bench_attention.py (BENCHMARKS.md).
 Everything else is the recipe of configs/cityscapes_r101.py with a deep-stem ResNet-50.
 """
 

@@ -2,7 +2,8 @@
 
 Paper (Song et al., AAAI 2022, Sec. 4): SGD momentum 0.9, weight decay 5e-4, LR 0.01, poly
 0.9, batch 8, 520x520 crops, random scale 0.5-2.0, flip, colour jitter, synchronised BN.
-The epoch count is the paper's general 240 (DESIGN.md). First write the trainaug split:
+The paper gives one epoch count, 240, for every dataset; used here too. First write the
+trainaug split:
   python scripts/prepare_voc_aug.py data/VOCdevkit/VOC2012 data/benchmark_RELEASE/dataset
 Chosen here (as in configs/cityscapes_r101.py): OHEM on the main output, CE with weight 0.4
 on the auxiliary outputs, 10x head LR. Resize base (2048, 512) as in mmsegmentation.

@@ -9,7 +9,6 @@ Model variables: `{'params', 'batch_stats'}` in one directory, written by the we
 and read by `pretrained.init_from`.
 """
 
-import logging
 import os
 import pathlib
 from typing import Any, Mapping
@@ -21,33 +20,34 @@ import orbax.checkpoint as ocp
 
 # --- Training runs -----------------------------------------------------------------------------
 
-def _write_each_array_from_one_replica():
-  """Orbax's default (on CPU and TPU) splits the write of each replicated array over its
+def _one_replica_type_handlers():
+  """Orbax's standard type handlers, except that one replica writes each jax.Array.
+
+  Orbax's default (on CPU and TPU) splits the write of each replicated array over its
   replicas, which compiles a slice per array shape and device at a process's first save. The
   train state is replicated and small next to that cost, so one replica writes each array, as
-  on GPU: FLANet-R18 on 8 CPU devices, first save 16.2 -> 1.8 s, later ones 2.5 -> 0.8 s
-  (BENCHMARKS.md)."""
-  absl_logger = logging.getLogger('absl')
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # Orbax warns at every override; this one is intended
-  try:
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-  finally:
-    absl_logger.setLevel(level)
-
-
-_write_each_array_from_one_replica()
+  Orbax does on GPU. Restoring is unaffected."""
+  handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
+              for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
+  return ocp.type_handlers.create_type_handler_registry(
+      *handlers, (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
 
 
 def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  """The run's checkpoints: item `state` (the train state, a PyTree of arrays) and `data`."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          read_only=read_only)
-  return ocp.CheckpointManager((workdir / 'checkpoints').absolute(), options=options)
+  state_handler = ocp.handlers.PyTreeCheckpointHandler(
+      type_handler_registry=_one_replica_type_handlers())
+  handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  handlers.add('state', ocp.args.PyTreeSave, state_handler)
+  handlers.add('state', ocp.args.PyTreeRestore, state_handler)
+  return ocp.CheckpointManager((workdir / 'checkpoints').absolute(), options=options,
+                               handler_registry=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                           data=grain.checkpoint.CheckpointSave(data_iterator)))
 
 
@@ -58,8 +58,9 @@ def abstract_like(tree, sharding):
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target):
   """The train state at `step`, shaped and sharded like `target` (abstract or concrete)."""
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return restored.state
+  restore = ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+  return mngr.restore(step, args=ocp.args.Composite(state=restore)).state
 
 
 def restore_data_iterator(mngr: ocp.CheckpointManager, step: int, data_iterator) -> bool:

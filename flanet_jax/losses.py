@@ -9,7 +9,7 @@ its `min_kept` hardest valid pixels (as in OCNet / mmsegmentation's OHEMPixelSam
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = 255
+from flanet_jax.labels import IGNORE_INDEX
 
 
 def pixel_cross_entropy(logits, labels):

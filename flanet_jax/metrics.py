@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = 255
+from flanet_jax.labels import IGNORE_INDEX
 
 
 def confusion_matrix(predictions, labels, num_classes: int):

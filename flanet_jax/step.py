@@ -33,8 +33,8 @@ def init_variables(model, seed, image_shape=INIT_IMAGE_SHAPE):
 
 
 # Initialisation runs once per run, but compiles a random generator per parameter: on CPU,
-# XLA compiles it faster without LLVM optimisation, which more than pays for the slower run
-# (compile + run: FLANet-R18 15.2 -> 6.6 s, R101 34.6 -> 24.9 s; BENCHMARKS.md).
+# compiling it without LLVM optimisation saves more time than the unoptimised code loses in
+# its single run (BENCHMARKS.md, Initialisation).
 UNOPTIMISED = {'xla_backend_optimization_level': 0}
 
 
@@ -76,6 +76,21 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, loss_config):
                             batch_stats=batch_stats, opt_state=opt_state)
   step_metrics = {'loss': loss, 'lr': schedule(state.step), **parts}
   return new_state, step_metrics
+
+
+def saved_for_backward_bytes(model, variables, images) -> int:
+  """Bytes that the training forward pass keeps for the backward pass (the residuals held by
+  its VJP), in the program JAX builds, before XLA: what `model.remat` reduces. Compilers may
+  reschedule the recomputation; XLA:CPU drops the barriers that keep it apart, so its compiled
+  memory shows less of the saving than GPU and TPU."""
+
+  def forward(params, stats):
+    return model.apply({'params': params, 'batch_stats': stats}, images, train=True,
+                       rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+
+  vjp = jax.eval_shape(lambda p, s: jax.vjp(forward, p, s)[1], variables['params'],
+                       variables['batch_stats'])
+  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp))
 
 
 def _main_output(model, variables):

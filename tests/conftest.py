@@ -16,7 +16,7 @@ def pytest_configure(config):
 
 import pytest  # noqa: E402  (after the environment above)
 
-# The slowest files (seconds of a 2-core run, 2026-12-02), run first: `make test` hands whole
+# The slowest files, slowest first (by `pytest --durations`), run first: `make test` hands whole
 # files to its two processes in collection order (`--dist loadfile --no-loadscope-reorder`), so
 # no long file starts last while the other process sits idle.
 SLOWEST_FIRST = ('test_configs.py', 'test_train.py', 'test_multiprocess.py',

@@ -118,6 +118,21 @@ def abstract_train_step(config):
   return jax.eval_shape(init_and_step, batch)
 
 
+def softmax64(e):
+  """Softmax over the last axis in float64, for the NumPy references."""
+  e = np.asarray(e, np.float64)
+  p = np.exp(e - e.max(axis=-1, keepdims=True))
+  return p / p.sum(axis=-1, keepdims=True)
+
+
+def assert_gradients_finite_and_nonzero(grads):
+  """Every parameter gets a finite gradient that is not all zeros (it reaches the loss)."""
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    g = np.asarray(g)
+    assert np.isfinite(g).all(), jax.tree_util.keystr(path)
+    assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
 def random_variables(rng, variables):
   """`variables` (arrays or the ShapeDtypeStructs of `jax.eval_shape(model.init...)`) with
   every leaf replaced by fresh random values: BN variances in [0.5, 1.5], attention gammas

@@ -37,8 +37,23 @@ def test_replicated_state_saves_without_compiling_and_restores_exactly(tmp_path,
   assert checkpoint.restore_data_iterator(mngr, 1, fresh) and next(fresh) == 2
 
 
-def test_choosing_one_replica_writes_logs_no_warning():
-  """Orbax warns at every override of its array handler; this intended one stays quiet."""
-  run = subprocess.run([sys.executable, '-c', 'import flanet_jax.checkpoint'], cwd=support.REPO,
-                       capture_output=True, text=True, timeout=120, check=True)
-  assert 'overriding' not in run.stderr + run.stdout
+# Run in a fresh process: the state before and after the first import of flanet_jax.checkpoint.
+_IMPORT_SIDE_EFFECTS = """
+import logging
+import jax
+import orbax.checkpoint as ocp
+
+def snapshot():
+  loggers = {name: logging.getLogger(name).level for name in ('', 'absl', 'jax', 'orbax')}
+  return ocp.type_handlers.get_type_handler(jax.Array), loggers
+
+before = snapshot()
+import flanet_jax.checkpoint
+assert snapshot() == before, (before, snapshot())
+"""
+
+
+def test_import_leaves_orbax_registry_and_loggers_alone():
+  """The one-replica array handler lives in the manager's own registry, not Orbax's global."""
+  subprocess.run([sys.executable, '-c', _IMPORT_SIDE_EFFECTS], cwd=support.REPO,
+                 capture_output=True, text=True, timeout=120, check=True)

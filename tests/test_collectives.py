@@ -20,6 +20,8 @@ from flanet_jax.kernels import cpu
 from flanet_jax.models import build_model, ops
 from tests import support
 
+pytestmark = pytest.mark.compiler  # every test here reads XLA's optimised HLO
+
 _COLLECTIVE = re.compile(r'= (\(.*?\)|\S+) (all-reduce|all-gather|reduce-scatter|all-to-all|'
                          r'collective-permute|collective-broadcast|ragged-all-to-all)(?:-start)?\(')
 _ARRAY = re.compile(r'(\w+)\[([\d,]*)\]')

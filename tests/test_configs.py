@@ -1,8 +1,8 @@
 """Every experiment config (with each of its `:arg`s): loads through the entry point's flag,
 is consistent, traces its own paper-size train step, and its recipe trains for real.
 
-Compiling one train step of ResNet-101 or HRNet-W48 takes about a minute on a 2-core CPU,
-too long for some twenty configs. So the test has three layers:
+Compiling one train step of ResNet-101 or HRNet-W48 on a CPU is too slow to do for some
+twenty configs. So the test has three layers:
 - one train step is traced (`jax.eval_shape`, nothing compiled) at paper batch and crop size
   for each recipe and each model of the configs: every shape, key and name;
 - every config equals one of the three dataset recipes (cityscapes_r101, ade20k_r101,

@@ -86,7 +86,9 @@ def test_torchvision_resnet_features_match_pytorch(depth):
     _assert_close(g, _nhwc(w))
 
 
-# Official deep-stem names -> CSAIL names (DESIGN.md), written out independently of the key map.
+# Official deep-stem names -> CSAIL names: the CSAIL ImageNet files name the deep stem
+# conv1, bn1, conv2, bn2, conv3, bn3 where the official code uses conv1.{0,1,3,4,6} and bn1.
+# Written out independently of the key map.
 _CSAIL_STEM = {'conv1.0.': 'conv1.', 'conv1.1.': 'bn1.', 'conv1.3.': 'conv2.',
                'conv1.4.': 'bn2.', 'conv1.6.': 'conv3.', 'bn1.': 'bn3.'}
 

@@ -1,4 +1,12 @@
-"""The FLA block against an independent float64 NumPy formulation of DESIGN.md."""
+"""The FLA block against an independent float64 NumPy formulation of the released model.
+
+The released block, for one sample x of shape (H, W, C): row priors are a Linear (C -> C, with
+bias) of x averaged over the width, column priors a second Linear of x averaged over the height.
+For every column, A_h = softmax_k(sum_h x[h,w,c] row_prior[h,k]); for every row,
+A_w = softmax_k(sum_w x[h,w,c] col_prior[w,k]); no scaling and no projections of x, whose values
+are attended: O_h[h,w,c] = sum_k A_h[w,c,k] x[h,w,k], likewise O_w. The block returns
+ReLU(BN(conv3x3(gamma * (O_h + O_w) + x))) with one scalar gamma.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +19,6 @@ from flanet_jax.models.layers import ConvBN
 from tests import support
 
 
-def _softmax64(e):
-  e = e - e.max(axis=-1, keepdims=True)
-  p = np.exp(e)
-  return p / p.sum(axis=-1, keepdims=True)
-
-
 def numpy_fla_attention(x, w_row, b_row, w_col, b_col, gamma):
   """gamma * (O_h + O_w) + x for ONE sample x of shape (H, W, C), loops over rows/columns."""
   height, width, _ = x.shape
@@ -25,11 +27,11 @@ def numpy_fla_attention(x, w_row, b_row, w_col, b_col, gamma):
   out = np.zeros_like(x)
   for w in range(width):  # one C x C relation per column, priors of the rows
     column = x[:, w, :]  # (H, C)
-    attn = _softmax64(column.T @ row_prior)  # (C, C): sum_h x[h,w,c] r[h,k]
+    attn = support.softmax64(column.T @ row_prior)  # (C, C): sum_h x[h,w,c] r[h,k]
     out[:, w, :] += column @ attn.T  # O_h[h,w,c] = sum_k A[c,k] x[h,w,k]
   for h in range(height):  # one C x C relation per row, priors of the columns
     row = x[h, :, :]  # (W, C)
-    attn = _softmax64(row.T @ col_prior)
+    attn = support.softmax64(row.T @ col_prior)
     out[h, :, :] += row @ attn.T
   return gamma * out + x
 
@@ -100,6 +102,7 @@ def test_gamma_zero_is_conv_bn_relu():
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.compiler
 def test_fla_attention_flops_match_paper():
   """8*C^2*H*W FLOPs at C=512, 96x96 (the paper's 19.37 GFLOPs), the 3x3 conv excluded."""
   channels, size = 512, 96
@@ -116,7 +119,7 @@ def test_fla_attention_flops_match_paper():
 
 
 def _autodiff_attention(x, row_prior, col_prior):
-  """DESIGN.md's formulation written plainly, differentiated by JAX's autodiff."""
+  """The released block's attention (module docstring) written plainly, for JAX's autodiff."""
   attn_h = jax.nn.softmax(jnp.einsum('bhwc,bhk->bwck', x, row_prior), axis=-1)
   attn_w = jax.nn.softmax(jnp.einsum('bhwc,bwk->bhck', x, col_prior), axis=-1)
   return (jnp.einsum('bwck,bhwk->bhwc', attn_h, x) +
@@ -171,9 +174,10 @@ def _temp_bytes(fn, *args):
   return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.compiler
 def test_chunked_block_memory_is_bounded():
   """XLA's compile-time peak temporary memory of the block at FLANet's size (96x96x512, fp32):
-  the plain form holds two 96x512x512 fp32 maps (2 x 100.7 MB); chunks of 8 rows hold 8."""
+  the plain form holds two 96x512x512 fp32 maps (one per branch); chunks of 8 rows hold 8."""
   x = jax.ShapeDtypeStruct((1, 96, 96, 512), jnp.float32)
   temp = {}
   for chunk_size in (None, 8):

@@ -1,14 +1,20 @@
-"""The training loop's hot path: no implicit host-device transfer between log points, and the
-train step donates the state it replaces (8 simulated devices)."""
+"""The training loop's hot path: no implicit host-device transfer and no read of a device
+value between log points, and the train step donates the state it replaces (8 simulated
+devices)."""
 
 import contextlib
+import threading
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
-from jax._src.array import ArrayImpl
+from jax.experimental import io_callback
 
 from flanet_jax import train
 from tests import support
+
+HOLD_SECONDS = 20  # far longer than dispatching a few compiled steps takes
 
 
 @pytest.fixture(scope='module')
@@ -18,43 +24,63 @@ def run(tiny_dataset, tmp_path_factory):
   return train._setup(config, tmp_path_factory.mktemp('workdir'))
 
 
-class HostSync(Exception):
-  pass
-
-
 @contextlib.contextmanager
-def no_host_sync(monkeypatch):
-  """Raises on any implicit transfer (jax.transfer_guard) and on any read of an array's value
-  or wait for it. On CPU, arrays live in host memory and the guard ignores device-to-host
-  reads (`float(loss)` passes it), so those are caught where every read goes through:
-  `ArrayImpl._value` (float, bool, item, np.asarray, print, jax.device_get) and
-  `block_until_ready`."""
+def device_held_back(run):
+  """Yields a gate that stays closed for HOLD_SECONDS: until it opens, no state or metrics of
+  the train step exist, so any read of their values (float, bool, np.asarray, device_get,
+  block_until_ready, ...) waits for it. On CPU, arrays live in host memory and
+  jax.transfer_guard lets such reads pass; holding the values back catches them on any
+  backend. The gate is a host callback that the step's outputs depend on."""
+  gate = threading.Event()
 
-  def sync(*args):
-    raise HostSync('host sync in the hot loop')
+  def wait():
+    gate.wait()
+    return np.int32(0)
 
-  with monkeypatch.context() as patch, jax.transfer_guard('disallow'):
-    patch.setattr(ArrayImpl, '_value', property(sync))
-    patch.setattr(ArrayImpl, 'block_until_ready', sync)
-    yield
+  @jax.jit
+  def held(outputs):
+    token = io_callback(wait, jax.ShapeDtypeStruct((), jnp.int32))
+    return jax.lax.optimization_barrier((token, outputs))[1]
+
+  train_step = run.train_step
+  run.train_step = lambda state, batch: held(train_step(state, batch))
+  timer = threading.Timer(HOLD_SECONDS, gate.set)
+  timer.start()
+  try:
+    yield gate
+  finally:
+    gate.set()
+    timer.cancel()
+    run.train_step = train_step
 
 
-def test_steps_between_log_points_make_no_implicit_transfer_or_host_sync(run, monkeypatch):
-  start = int(run.state.step)
+def test_steps_between_log_points_make_no_implicit_transfer_or_read(run):
   nonfinite, window = train._all_finite(run.mesh), None  # as train._train starts
-  with no_host_sync(monkeypatch):
+  window, nonfinite = train._hot_step(run, window, nonfinite)  # compiles the step
+  start = int(run.state.step)
+  with device_held_back(run) as gate:
+    window, nonfinite = train._hot_step(run, window, nonfinite)  # compiles `held`
+    gate.set()
+  jax.block_until_ready((window, nonfinite, run.state))
+
+  with device_held_back(run) as gate, jax.transfer_guard('disallow'):
     for _ in range(3):
       window, nonfinite = train._hot_step(run, window, nonfinite)
-  assert int(run.state.step) == start + 3
+    assert not gate.is_set(), 'the loop waited for a device value between log points'
+  assert int(run.state.step) == start + 4
   assert not bool(nonfinite) and set(window) >= {'loss', 'lr'}
 
-  # The checks catch what the loop avoids: reading the loss every step, mixing in an array
-  # that lives on one device only, a host value turned into an array implicitly.
-  for sync in [lambda: float(window['loss']), lambda: jax.device_get(window),
-               lambda: nonfinite | jax.numpy.zeros((), bool), lambda: window['loss'] + 1.0,
-               lambda: jax.numpy.asarray([1.0])]:
-    with no_host_sync(monkeypatch), pytest.raises((HostSync, jax.errors.JaxRuntimeError)):
-      sync()
+  # The checks catch what the loop avoids: reading the loss (it waits for the gate) ...
+  with device_held_back(run) as gate:
+    window, _ = train._hot_step(run, window, nonfinite)
+    threading.Timer(0.2, gate.set).start()
+    float(window['loss'])
+    assert gate.is_set()
+  # ... mixing in an array on one device only, a host value turned into an array implicitly.
+  for transfer in [lambda: nonfinite | jnp.zeros((), bool), lambda: window['loss'] + 1.0,
+                   lambda: jnp.asarray([1.0])]:
+    with jax.transfer_guard('disallow'), pytest.raises(jax.errors.JaxRuntimeError):
+      transfer()
 
 
 def test_train_step_donates_the_state(run):

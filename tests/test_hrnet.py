@@ -96,7 +96,7 @@ def test_converted_features_match_timm_with_bilinear_fusion(name, shape):
 
   ours = HRNet(**CONFIGS[name])
   apply = lambda v, x: ours.apply(v, x, train=False)
-  # Op by op for W48: compiling it whole takes half a minute on a CPU.
+  # Op by op for W48: compiling the whole wide network costs more than running it op by op.
   apply = apply if name == 'hrnet_w48' else jax.jit(apply)
   got = apply(variables, images.permute(0, 2, 3, 1).numpy())
   width = CONFIGS[name]['width']

@@ -156,6 +156,7 @@ def _tiny_flanet(kernels_name, platform):
   return model.clone(ops=kernels.select(kernels_name, platform))
 
 
+@pytest.mark.compiler  # reads the jaxpr's custom_vjp_call equations
 @pytest.mark.parametrize('kernels_name,platform,expected', [
     ('auto', 'gpu', ['_full_attention_bwd']), ('auto', 'tpu', ['_full_attention_bwd']),
     ('xla', 'cpu', [])])
@@ -175,6 +176,7 @@ def test_training_loss_has_no_custom_vjp_but_the_fla_blocks_off_cpu(kernels_name
   assert _custom_vjp_calls(jax.make_jaxpr(loss)(variables).jaxpr) == expected
 
 
+@pytest.mark.compiler
 def test_tuned_kernels_are_custom_vjps():
   """The counterpart of the test above: the CPU kernels do show up (the check can fail)."""
   model = _tiny_flanet('tuned', 'cpu')

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from flanet_jax import step
 from flanet_jax.models import build_model
 from tests import support
 
@@ -42,21 +43,6 @@ def _assert_trees_close(got, want, rtol):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def _saved_bytes(model, variables, images):
-  """Bytes of what the forward pass saves for the backward pass (the residuals held by the VJP
-  function), in the program JAX builds, before XLA. XLA:CPU drops the optimisation barriers
-  that keep remat from being undone, so its compiled memory shows no saving (BENCHMARKS.md);
-  GPU and TPU keep them."""
-
-  def forward(params, stats):
-    return model.apply({'params': params, 'batch_stats': stats}, images, train=True,
-                       rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
-
-  vjp = jax.eval_shape(lambda p, s: jax.vjp(forward, p, s)[1], variables['params'],
-                       variables['batch_stats'])
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp))
-
-
 @pytest.mark.parametrize('backbone', ['resnet18', 'hrnet_w18_small', 'shufflenet_v2'])
 def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone):
   kwargs = dict(num_classes=4, backbone=backbone, head_features=16, aux_features=8)
@@ -78,11 +64,14 @@ def test_remat_gives_the_same_loss_gradients_and_statistics_saving_less(backbone
     (loss, stats), (want_loss, want_stats) = forward(remat), forward(plain)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   _assert_trees_close(stats, want_stats, rtol=1e-6)
-  # The blocks really are recomputed: the forward pass saves less for the backward pass.
+  # The blocks really are recomputed: the forward pass saves less for the backward pass (in the
+  # program before XLA; XLA:CPU's compiled memory shows little of it, BENCHMARKS.md).
   images = jnp.zeros((2, 128, 128, 3))
-  assert _saved_bytes(remat, variables, images) < 0.8 * _saved_bytes(plain, variables, images)
+  saved = lambda model: step.saved_for_backward_bytes(model, variables, images)
+  assert saved(remat) < 0.8 * saved(plain)
 
 
+@pytest.mark.compiler
 def test_fla_chunk_size_reaches_the_block_and_changes_nothing():
   """The model passes the chunk size to its FLA block and computes the same training forward
   pass (the chunked block's gradients are the plain block's: test_fla.py)."""

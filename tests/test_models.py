@@ -97,10 +97,7 @@ def test_gradients_finite_and_nonzero_for_every_parameter(attention):
   params = variables['params']
 
   _, grads = support.flanet_loss_and_grads(model, variables, images, labels, 4)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    g = np.asarray(g)
-    assert np.isfinite(g).all(), jax.tree_util.keystr(path)
-    assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+  support.assert_gradients_finite_and_nonzero(grads)
   assert ('attention' in params) == (attention == 'fla')
 
 
@@ -113,6 +110,7 @@ def test_build_model_rejects_unknown_keys_and_names():
     _abstract_init(_model(num_classes=3, attention='ccnet'), (1, 32, 32, 3))
 
 
+@pytest.mark.compiler
 def test_bfloat16_compute_keeps_parameters_statistics_and_logits_in_float32():
   rng = np.random.default_rng(5)
   images = jnp.asarray(rng.normal(size=(2, 40, 48, 3)), jnp.float32)

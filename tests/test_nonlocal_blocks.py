@@ -16,12 +16,6 @@ from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
 from tests import support
 
 
-def _softmax64(e):
-  e = e - e.max(axis=-1, keepdims=True)
-  p = np.exp(e)
-  return p / p.sum(axis=-1, keepdims=True)
-
-
 def _conv1x1(x, p):
   return x @ p['kernel'][0, 0] + p.get('bias', 0.0)
 
@@ -43,7 +37,7 @@ def _fuse(x, p, s):
 def cam(x, p):
   """DANet CAM: A = softmax_d(-sum_n x[n,c] x[n,d]), out[n,c] = sum_d A[c,d] x[n,d]."""
   flat = x.reshape(-1, x.shape[-1])
-  attention = _softmax64(-(flat.T @ flat))  # the original's max-shift cancels in the softmax
+  attention = support.softmax64(-(flat.T @ flat))  # the original's max-shift cancels in the softmax
   return p['gamma'] * (flat @ attention.T).reshape(x.shape) + x
 
 
@@ -51,7 +45,7 @@ def pam(x, p):
   """DANet PAM, one position at a time."""
   q, k, v = (_conv1x1(x, p[n]).reshape(-1, p[n]['kernel'].shape[-1])
              for n in ('query', 'key', 'value'))
-  out = np.stack([_softmax64(k @ q[n]) @ v for n in range(len(q))])
+  out = np.stack([support.softmax64(k @ q[n]) @ v for n in range(len(q))])
   return p['gamma'] * out.reshape(x.shape) + x
 
 
@@ -65,7 +59,7 @@ def cca(x, p):
       others = [(g, w) for g in range(height) if g != h] + [(h, u) for u in range(width)]
       keys = np.stack([k[i, j] for i, j in others])
       values = np.stack([v[i, j] for i, j in others])
-      out[h, w] = _softmax64(keys @ q[h, w]) @ values
+      out[h, w] = support.softmax64(keys @ q[h, w]) @ values
   return p['gamma'] * out + x
 
 
@@ -74,7 +68,7 @@ def emau(x, p, s, steps=3):
   feats = _conv1x1(x, p['conv1']).reshape(-1, x.shape[-1])  # (N, C)
   mu = s['bases']  # (C, K)
   for _ in range(steps):
-    z = _softmax64(feats @ mu)  # E-step (N, K)
+    z = support.softmax64(feats @ mu)  # E-step (N, K)
     mu = feats.T @ (z / (1e-6 + z.sum(axis=0)))  # M-step (C, K)
     mu = mu / (1e-6 + np.linalg.norm(mu, axis=0))
   y = np.maximum(z @ mu.T, 0.0) @ p['conv2']['kernel'][0, 0]
@@ -169,6 +163,7 @@ PAPER_GFLOPS = {'fla': 19.37, 'channel_nl': 9.66, 'spatial_nl': 103.90, 'dual_nl
                 'cs_nl': 113.56, 'rcca': 16.18, 'ema': 13.91}
 
 
+@pytest.mark.compiler
 @pytest.mark.parametrize('name', sorted(PAPER_GFLOPS))
 def test_attention_flops_match_paper(name):
   """XLA's FLOP count of each block without its fuse conv (multiply-add = 2) is within 3% of

@@ -21,8 +21,8 @@ LEARNING = {'num_train_steps': 60, 'log_every_steps': 10, 'checkpoint_every_step
 
 
 def test_short_training_learns_and_eval_mode_reproduces_it(tiny_dataset, tmp_path, pytestconfig):
-  """Through the entry point on 2 simulated devices (on 2 cores a step on 8 costs 3x as much;
-  the tests below train on 8)."""
+  """Through the entry point on 2 simulated devices (simulated devices share the host's
+  cores, so fewer make the 60 steps cheaper; the tests below train on 8)."""
   config_file = support.write_tiny_config_file(tmp_path / 'learn.py', tiny_dataset, **LEARNING)
   workdir, cache = tmp_path / 'run', pytestconfig.cache.mkdir('jax_compilation_cache')
   run_main = lambda *flags: support.wait(

@@ -1,4 +1,4 @@
-"""Key map of a whole FLANet checkpoint in the official layout (DESIGN.md).
+"""Key map of a whole FLANet checkpoint in the layout of the authors' released model.
 
   Flax                                   official PyTorch
   backbone/...                           backbone.... (deep stem, official names)

@@ -1,4 +1,4 @@
-"""Reference PyTorch FLANet with the official structure and key layout (DESIGN.md).
+"""Reference PyTorch FLANet with the structure and state_dict keys of the authors' release.
 
 This is the yardstick for the JAX port: the parity tests load its weights into our model and
 compare outputs, and benchmarks can time it. It reproduces the released model, including its

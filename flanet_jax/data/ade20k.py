@@ -14,6 +14,7 @@ import pathlib
 import numpy as np
 
 from flanet_jax.data.source import Sample, SegmentationSource, label_table, require_dir
+from flanet_jax.labels import IGNORE_INDEX
 
 FOLDER = 'ADEChallengeData2016'
 SPLIT_DIRS = {'train': 'training', 'val': 'validation'}
@@ -73,7 +74,7 @@ PALETTE = np.array([
 ], np.uint8)
 
 NUM_CLASSES = len(CLASS_NAMES)
-LABEL_TABLE = label_table({0: 255, **{v: v - 1 for v in range(1, NUM_CLASSES + 1)}})
+LABEL_TABLE = label_table({0: IGNORE_INDEX, **{v: v - 1 for v in range(1, NUM_CLASSES + 1)}})
 SUBMISSION_IDS = np.arange(1, NUM_CLASSES + 1, dtype=np.uint8)  # the benchmark's 1..150
 
 

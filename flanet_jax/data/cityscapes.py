@@ -13,8 +13,8 @@ import pathlib
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 
-from flanet_jax.data.source import (IGNORE_INDEX, Sample, SegmentationSource, label_table,
-                                    require_dir)
+from flanet_jax.data.source import Sample, SegmentationSource, label_table, require_dir
+from flanet_jax.labels import IGNORE_INDEX
 
 _TRAIN_LABELS = sorted((l for l in cs_labels.labels if 0 <= l.trainId < IGNORE_INDEX),
                        key=lambda l: l.trainId)

@@ -13,7 +13,8 @@ import grain
 from absl import flags
 import numpy as np
 
-from flanet_jax.data.transforms import IGNORE_INDEX, normalize
+from flanet_jax.data.transforms import normalize
+from flanet_jax.labels import IGNORE_INDEX
 
 
 def _seeded(transform: Callable, seed: int):

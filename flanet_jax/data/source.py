@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from flanet_jax.data import image_io
+from flanet_jax.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 INVALID = -1  # marks stored label values a dataset cannot contain
 
 

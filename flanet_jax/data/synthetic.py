@@ -2,7 +2,7 @@
 
 Scenes: sky above a textured road, with vegetation blobs, cars (rectangles), people
 (ellipses) and traffic signs (triangles), plus an `unlabeled` (labelId 0 -> ignored) border.
-Each class has its own colour and texture, so a small model learns it in minutes on a CPU,
+Each class has its own colour and texture, so a small model learns it quickly, even on a CPU,
 while the reader, the labelId -> trainId mapping and the ignore index are all exercised.
 """
 

@@ -14,7 +14,8 @@ import functools
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from flanet_jax.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
 CROP_TRIES = 10  # RandomCrop: new boxes drawn while one class dominates

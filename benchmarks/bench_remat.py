@@ -8,7 +8,7 @@ Batch 2 at 256x256, fp32, one device, train.py's jitted step (CE loss, SGD). Rep
 XLA:CPU removes the optimisation barriers that keep the recomputation apart and schedules it
 freely, so on CPU the compiled memory drops far less than the saved residuals (GPU/TPU keep
 the barriers). Usage:
-  python scripts/bench_remat.py [--size 256] [--steps 3]   (prints a Markdown table)
+  python benchmarks/bench_remat.py [--size 256] [--steps 3]   (prints a Markdown table)
 """
 
 import argparse
@@ -20,19 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs import default  # noqa: E402
-from flanet_jax import parallel, train  # noqa: E402
+from flanet_jax import parallel, step, train  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
-from bench_timing import median_step_time  # noqa: E402  (scripts/ is on sys.path)
-
-
-def saved_bytes(model, variables, images):
-  """Bytes of the residuals held by the VJP of the training forward pass."""
-  def forward(params, stats):
-    return model.apply({'params': params, 'batch_stats': stats}, images, train=True,
-                       rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
-  vjp = jax.eval_shape(lambda p, s: jax.vjp(forward, p, s)[1], variables['params'],
-                       variables['batch_stats'])
-  return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp))
+from measure import median_step_time  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def measure(remat: bool, size: int, steps: int) -> str:
@@ -45,7 +35,7 @@ def measure(remat: bool, size: int, steps: int) -> str:
   batch = parallel.to_global({'image': rng.normal(size=(2, size, size, 3)).astype(np.float32),
                               'label': rng.integers(0, 19, (2, size, size)).astype(np.int32)},
                              mesh)
-  saved = saved_bytes(model, state.variables, batch['image'])
+  saved = step.saved_for_backward_bytes(model, state.variables, batch['image'])
   compiled = train._make_train_step(config, model, tx, schedule, mesh).lower(state,
                                                                              batch).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes

@@ -1,6 +1,6 @@
 """Input pipeline throughput on Cityscapes-sized images: decoding alone vs the training pipeline.
 
-  python scripts/bench_input.py [--images 8 --repeats 2 --warmup 24 --batches 16 \
+  python benchmarks/bench_input.py [--images 8 --repeats 2 --warmup 24 --batches 16 \
       --workers 0 1 2 --step_times 0.25 0.5 1.0 --images_per_accelerator 1]
 
 Writes synthetic 1024x2048 scenes (PNG image + labelIds, like leftImg8bit/gtFine) to a

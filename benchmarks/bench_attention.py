@@ -10,7 +10,7 @@ forward pass (fp32, inference mode), without allocating anything for batch 8:
            --repeats rounds, each round timing every block once, so drift hits all alike.
 "The attention alone" is the block with its 3x3 conv-BN-ReLU `fuse` replaced by the identity
 (a Flax method interceptor), which is what the paper's numbers count. Usage:
-  python scripts/bench_attention.py [--repeats 5]      (prints a Markdown table)
+  python benchmarks/bench_attention.py [--repeats 5]      (prints a Markdown table)
 """
 
 import argparse
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_timing import round_robin_medians  # scripts/ is on sys.path
+from measure import NO_LIBRARY_FUSIONS, round_robin_medians  # benchmarks/ is on sys.path
+from flanet_jax import kernels
 from flanet_jax.models.flanet import ATTENTION_BLOCKS
 from flanet_jax.models.layers import ConvBN
 
@@ -39,13 +40,9 @@ def _skip_fuse(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
-# Compiler option that turns off the YNNPACK fusions (an empty list of fusion types).
-NO_LIBRARY_FUSIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
-
-
 def compile_block(name, batch, with_fuse, compiler_options=None):
   """(compiled forward, abstract variables) of block `name` on (batch, 96, 96, 512) fp32."""
-  block = ATTENTION_BLOCKS[name](CHANNELS)
+  block = ATTENTION_BLOCKS[name](CHANNELS, ops=kernels.select('auto'))
   x = jax.ShapeDtypeStruct((batch, SIZE, SIZE, CHANNELS), jnp.float32)
   interceptor = contextlib.nullcontext() if with_fuse else nn.intercept_methods(_skip_fuse)
   with interceptor:

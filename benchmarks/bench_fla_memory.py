@@ -3,11 +3,11 @@
 The block at FLANet's size (1x96x96x512), fp32 and bf16 compute, for chunk sizes None (all at
 once) and --chunks. Memory: XLA's compile-time peak temporary bytes (`memory_analysis()`),
 compiled without XLA:CPU's YNNPACK library fusions, whose internal buffers the analysis does
-not report (as scripts/bench_attention.py), of the forward pass (eval) and of the training
+not report (as benchmarks/bench_attention.py), of the forward pass (eval) and of the training
 pass (forward + backward, train-mode BN, gradients of input and parameters). Time: CPU
 seconds of the training pass, median of --repeats rounds, each round timing every variant
 once. Usage:
-  python scripts/bench_fla_memory.py [--chunks 8,16,32] [--repeats 3]   (prints a Markdown table)
+  python benchmarks/bench_fla_memory.py [--chunks 8,16,32] [--repeats 3]   (prints a Markdown table)
 """
 
 import argparse
@@ -17,16 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_timing import round_robin_medians  # scripts/ is on sys.path
+from measure import NO_LIBRARY_FUSIONS, round_robin_medians  # benchmarks/ is on sys.path
+from flanet_jax import kernels
 from flanet_jax.models.fla import FullyAttentionalBlock
 
 SHAPE = (1, 96, 96, 512)
-NO_LIBRARY_FUSIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def programs(chunk_size, dtype):
   """(forward, training pass) of the block, jitted, and its variables (gamma 0.5)."""
-  block = FullyAttentionalBlock(SHAPE[-1], dtype=dtype, chunk_size=chunk_size)
+  # The hand-written backward pass, as model.kernels='auto' runs on every platform.
+  block = FullyAttentionalBlock(SHAPE[-1], dtype=dtype, chunk_size=chunk_size,
+                                ops=kernels.select('auto'))
   variables = block.init(jax.random.key(0), jnp.zeros((1, 4, 4, SHAPE[-1])), train=False)
   variables['params']['gamma'] = jnp.asarray(0.5)
 

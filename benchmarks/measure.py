@@ -1,9 +1,15 @@
-"""Shared by the benchmark scripts: median wall times of repeated compiled calls."""
+"""Shared by the benchmarks: median wall times of repeated compiled calls, and the compiler
+option under which XLA:CPU's memory analysis sees every buffer."""
 
 import statistics
 import time
 
 import jax
+
+# XLA:CPU hands some fusions to the YNNPACK library, whose internal buffers its compile-time
+# memory analysis does not report; an empty list of fusion types turns them off, so
+# `memory_analysis()` counts all temporaries.
+NO_LIBRARY_FUSIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def median_step_time(compiled, state, batch, steps: int):
@@ -32,19 +38,3 @@ def round_robin_medians(runs, repeats: int):
       jax.block_until_ready(run())
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(t) for name, t in times.items()}
-
-
-def print_ratio_header(label_title, baseline_title, candidate_title):
-  """The Markdown header of the table `print_ratio_rows` fills."""
-  print(f'| {label_title} | pass | {baseline_title} (ms) | {candidate_title} (ms) | '
-        f'{baseline_title} / {candidate_title} |')
-  print('| --- | --- | ---: | ---: | ---: |')
-
-
-def print_ratio_rows(label, times, baseline, candidate, passes):
-  """One Markdown row per pass of `times` ({(form, pass): seconds}): label, pass, the two
-  forms' milliseconds and baseline / candidate."""
-  for kind in passes:
-    t_base, t_cand = times[baseline, kind], times[candidate, kind]
-    print(f'| {label} | {kind} | {t_base * 1e3:.1f} | {t_cand * 1e3:.1f} | '
-          f'{t_base / t_cand:.2f} |', flush=True)

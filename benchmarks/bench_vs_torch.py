@@ -26,7 +26,7 @@ another sample's priors at batch > 1) does not change the result, so both comput
 Each case: one untimed call of each (compilation; its outputs are compared: ||ours - torch||
 over ||torch||, for the block's backward the worst of the input and parameter gradients), then
 --repeats timed calls of PyTorch, then --repeats of ours (see `median_times`); medians.
-Usage:  python scripts/bench_vs_torch.py [--repeats 3] [--out table.md]
+Usage:  python benchmarks/bench_vs_torch.py [--repeats 3] [--out table.md]
         [--cases fla,train,eval[,fla_parts]] [--fla-chunk-size N (train, eval)]
         [--dtype float32|bfloat16] [--fla-size 96] [--train-batch 2] [--train-size 256]
         [--eval-size 512] [--peak-tflops T]
@@ -52,8 +52,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 from configs import default  # noqa: E402
-from flanet_jax import optim, step  # noqa: E402
+from flanet_jax import kernels, optim, step  # noqa: E402
 from flanet_jax.convert import convert_state_dict, torch_reference  # noqa: E402
+from flanet_jax.labels import IGNORE_INDEX  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
 from flanet_jax.models.fla import FullyAttentionalBlock  # noqa: E402
 from flanet_jax.models.layers import ConvBN  # noqa: E402
@@ -62,6 +63,7 @@ THREADS = len(os.sched_getaffinity(0))
 CLASSES = 19
 DEVICE = torch.device('cuda' if torch.cuda.is_available() else 'cpu')  # JAX: its default
 DTYPE = 'float32'  # compute dtype of both sides (--dtype)
+KERNELS = 'auto'  # model.kernels of our side (--kernels)
 
 
 def _nchw(x):
@@ -116,8 +118,8 @@ def torch_flanet(gamma: float):
 def median_times(torch_fn, jax_fn, repeats):
   """Median seconds of torch_fn and of jax_fn (each runs one iteration to completion): first
   `repeats` calls of one, then of the other. Not alternated call by call: a JAX train step run
-  right after a PyTorch one took 6.7-7.5 s against 6.1-6.4 s after another JAX step (the
-  PyTorch step was not affected), so alternating measures the interference, not the code."""
+  right after a PyTorch one is slower than after another JAX step (the PyTorch step is not
+  affected), so alternating measures the interference, not the code."""
   times = {}
   for name, fn in (('torch', _synced(torch_fn)), ('jax', jax_fn)):
     times[name] = []
@@ -160,13 +162,14 @@ def fla_cases(repeats, size=96, chunk_sizes=(None, 4, 16)):
   # (the train copy's BN running statistics move; the eval copy's do not)
   torch_backward = functools.partial(_torch_input_grad, block_train_t, x_t, g_t)
   # Model FLOPs of the unchunked block: XLA counts a loop's body once, not per iteration.
-  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE))
+  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), ops=kernels.select(KERNELS))
   eval_flops = forward_flops(lambda v, x: unchunked.apply(v, x, train=False), block_vars, x)
   train_flops = 3 * forward_flops(
       lambda v, x: unchunked.apply(v, x, train=True, mutable=['batch_stats']), block_vars, x)
 
   for chunk in chunk_sizes:
-    block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk)
+    block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk,
+                                  ops=kernels.select(KERNELS))
     forward = jax.jit(lambda v, x: block.apply(v, x, train=False))
 
     def loss(params, x, block=block):
@@ -210,9 +213,10 @@ def fla_parts_case(repeats, size=96, chunk=4):
   attention_t = copy.deepcopy(block_ref).train()
   attention_t.conv = torch.nn.Identity()
   conv_t = copy.deepcopy(block_ref.conv).train()
-  block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk)
-  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE))
-  fuse = ConvBN(512, 3, dtype=jnp.dtype(DTYPE))
+  block = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), chunk_size=chunk,
+                                  ops=kernels.select(KERNELS))
+  unchunked = FullyAttentionalBlock(512, dtype=jnp.dtype(DTYPE), ops=kernels.select(KERNELS))
+  fuse = ConvBN(512, 3, dtype=jnp.dtype(DTYPE), ops=kernels.select(KERNELS))
 
   def attention_loss(params, x, block=block):
     with nn.intercept_methods(_without_fuse):
@@ -248,6 +252,7 @@ def _config(fla_chunk_size=0):
   config = default.get_config()
   config.model.fla_chunk_size = fla_chunk_size
   config.model.dropout_rate = 0.0
+  config.model.kernels = KERNELS
   config.model.num_classes = CLASSES
   config.loss.name = 'ce'
   config.dtype = DTYPE
@@ -315,9 +320,9 @@ def train_case(repeats, fla_chunk_size=0, batch=2, size=256):
     sgd.zero_grad()
     with _torch_precision():
       main, aux1, aux2 = net(images_t)
-      loss = (F.cross_entropy(main, labels_t, ignore_index=255) +
-              0.4 * F.cross_entropy(aux1, labels_t, ignore_index=255) +
-              0.4 * F.cross_entropy(aux2, labels_t, ignore_index=255))
+      loss = (F.cross_entropy(main, labels_t, ignore_index=IGNORE_INDEX) +
+              0.4 * F.cross_entropy(aux1, labels_t, ignore_index=IGNORE_INDEX) +
+              0.4 * F.cross_entropy(aux2, labels_t, ignore_index=IGNORE_INDEX))
     loss.backward()
     sgd.step()
     return loss.item()
@@ -364,8 +369,9 @@ def _machine():
 
 
 def markdown(rows, repeats, peak_tflops=0.0, matmul=None):
-  lines = [f'Machine: {_machine()}, jax {jax.__version__}; {DTYPE} compute; median of '
-           f'{repeats}; {datetime.date.today().isoformat()}.', '',
+  lines = [f'Machine: {_machine()}, jax {jax.__version__}; {DTYPE} compute, '
+           f'model.kernels={KERNELS}; median of {repeats}; {datetime.date.today().isoformat()}.',
+           '',
            '| Case | PyTorch (s) | Ours (s) | Speed-up | Rel. difference of outputs |',
            '| --- | ---: | ---: | ---: | ---: |']
   for name, t_torch, t_jax, agree in rows:
@@ -392,7 +398,7 @@ def markdown(rows, repeats, peak_tflops=0.0, matmul=None):
 
 
 def main():
-  global DTYPE
+  global DTYPE, KERNELS
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--cases', default='fla,train,eval')
@@ -400,6 +406,8 @@ def main():
   parser.add_argument('--fla-chunk-size', type=int, default=0,
                       help="our model's fla_chunk_size in the train and eval cases")
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--kernels', default='auto', choices=kernels.CHOICES,
+                      help="our side's model.kernels")
   parser.add_argument('--fla-size', type=int, default=96)
   parser.add_argument('--train-batch', type=int, default=2)
   parser.add_argument('--train-size', type=int, default=256)
@@ -407,7 +415,7 @@ def main():
   parser.add_argument('--peak-tflops', type=float, default=0.0,
                       help="the chip's peak at --dtype, for the model FLOP utilisation")
   args = parser.parse_args()
-  DTYPE = args.dtype
+  DTYPE, KERNELS = args.dtype, args.kernels
   torch.set_num_threads(THREADS)
   # JAX computes float32 convolutions and matmuls in TF32 on recent GPUs by default; PyTorch's
   # default leaves its matmuls (not its cuDNN convolutions) in full float32. Both TF32 here.
