@@ -126,13 +126,14 @@ class FullyAttentionalBlock(nn.Module):
 
 
 class FLANetOutput(nn.Module):
-  """Nearest x2, 3x3 conv-BN-ReLU, Dropout2d(0.1), 1x1 classifier: keys conv.{1,2,5}."""
+  """Nearest x2, 3x3 conv-BN-ReLU, Dropout2d (the original's 0.1), 1x1 classifier: keys
+  conv.{1,2,5}."""
 
-  def __init__(self, in_planes, mid_planes, num_classes):
+  def __init__(self, in_planes, mid_planes, num_classes, dropout_rate=0.1):
     super().__init__()
     self.conv = nn.Sequential(
         nn.Upsample(scale_factor=2), nn.Conv2d(in_planes, mid_planes, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(mid_planes), nn.ReLU(), nn.Dropout2d(0.1),
+        nn.BatchNorm2d(mid_planes), nn.ReLU(), nn.Dropout2d(dropout_rate),
         nn.Conv2d(mid_planes, num_classes, 1, bias=True))
 
   def forward(self, x):
@@ -143,10 +144,11 @@ class FLANet(nn.Module):
   """Returns [main, aux1, aux2] logits (NCHW) at the input size.
 
   The original hard-codes a Bottleneck backbone's widths (2048/1024/512); they are derived
-  from the backbone here, which is the same for ResNet-50/101.
+  from the backbone here, which is the same for ResNet-50/101. `dropout_rate` 0 makes a
+  training-mode step deterministic (parity tests).
   """
 
-  def __init__(self, num_classes=19, depth=101, deep_stem=True):
+  def __init__(self, num_classes=19, depth=101, deep_stem=True, dropout_rate=0.1):
     super().__init__()
     self.backbone = ResNet(depth, deep_stem)
     c4 = 512 * (1 if depth == 18 else 4)
@@ -154,9 +156,9 @@ class FLANet(nn.Module):
                               nn.ReLU(), nn.Conv2d(512, 512, 3, 1, 1, bias=False),
                               nn.BatchNorm2d(512), nn.ReLU())
     self.fully = FullyAttentionalBlock(512)
-    self.conv_out1 = FLANetOutput(c4 + 512, 512, num_classes)
-    self.conv_out2 = FLANetOutput(c4 // 4, 64, num_classes)  # on layer2
-    self.conv_out3 = FLANetOutput(c4 // 2, 64, num_classes)  # on layer3
+    self.conv_out1 = FLANetOutput(c4 + 512, 512, num_classes, dropout_rate)
+    self.conv_out2 = FLANetOutput(c4 // 4, 64, num_classes, dropout_rate)  # on layer2
+    self.conv_out3 = FLANetOutput(c4 // 2, 64, num_classes, dropout_rate)  # on layer3
     for m in self.modules():  # the original's init (Linear layers keep PyTorch's default)
       if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, a=1)
