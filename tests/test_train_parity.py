@@ -12,8 +12,8 @@ another sample's priors when the batch is larger. Dropout is off on both sides. 
 float64; parameters are stored in float32 on the JAX side, so each updated value may differ by
 its float32 rounding, plus 1e-5 of the tensor's update for the float32 gradient and momentum.
 
-KERNEL_SETTINGS lists the `model.kernels` values to run (None: the config's default); the
-PyTorch step runs once for all of them.
+It runs for the plain XLA operations ('xla') and the CPU-tuned kernels ('tuned', which 'auto'
+selects on CPU; tests/test_kernels.py checks that); the PyTorch step runs once for both.
 """
 
 import functools
@@ -28,11 +28,11 @@ from configs import default
 from flanet_jax import optim, step
 from flanet_jax.convert import core, torch_reference
 from flanet_jax.convert.flanet import flanet_arch
-from flanet_jax.losses import IGNORE_INDEX
+from flanet_jax.labels import IGNORE_INDEX
 from flanet_jax.models import build_model
 from tests import support
 
-KERNEL_SETTINGS = (None,)
+KERNEL_SETTINGS = ('xla', 'tuned')
 
 NUM_CLASSES = 5
 # (height, width): odd sizes along the way (max-pool 18x26 -> 9x13, layer2 -> 5x7), and at
@@ -108,8 +108,7 @@ def _config(kernels):
   config.model.output_stride = 8
   config.model.attention = 'fla'
   config.model.dropout_rate = 0.0
-  if kernels is not None:
-    config.model.kernels = kernels
+  config.model.kernels = kernels
   config.optimizer.learning_rate = LEARNING_RATE
   config.optimizer.momentum = MOMENTUM
   config.optimizer.weight_decay = WEIGHT_DECAY
