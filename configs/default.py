@@ -19,7 +19,7 @@ def get_config():
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 3
   config.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (params, BN stats, loss fp32)
-  config.init_from = ''  # converted PyTorch weights (see scripts/convert_torch_weights.py)
+  config.init_from = ''  # converted PyTorch weights (see flanet-jax-convert)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_classes = 19

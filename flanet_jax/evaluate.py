@@ -11,7 +11,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from flanet_jax import checkpoint, data, inference, metrics, optim, parallel, step
+from flanet_jax import checkpoint, data, errors, inference, metrics, optim, parallel, step
 from flanet_jax.data import pipeline
 from flanet_jax.models import build_model
 
@@ -69,7 +69,7 @@ class Evaluator:
   def run(self, variables, on_predictions=None) -> dict:
     """Scores of `variables`; `on_predictions(source_indices, class_maps)` sees this host's."""
     if not self.source.labelled:
-      raise ValueError(f'Split {self.split!r} has no labels to score; use --mode export')
+      raise errors.UserValueError(f'Split {self.split!r} has no labels to score; use --mode export')
     confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
     for batch, indices, class_maps in self._batches(variables):
       confusion += np.asarray(self._confusion(class_maps, batch['label']))
@@ -106,12 +106,12 @@ def restore_variables(config, workdir: pathlib.Path, model, mesh):
   mngr = checkpoint.manager(workdir, config.keep_checkpoints, read_only=True)
   steps = mngr.all_steps()
   if not steps:
-    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}')
+    raise errors.UserFileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}')
   wanted = config.eval.checkpoint_step
   step_number = max(steps) if wanted < 0 else wanted
   if step_number not in steps:
-    raise FileNotFoundError(f'No checkpoint for step {wanted} in {workdir / "checkpoints"}; '
-                            f'available: {sorted(steps)}')
+    raise errors.UserFileNotFoundError(f'No checkpoint for step {wanted} in '
+                                       f'{workdir / "checkpoints"}; available: {sorted(steps)}')
   target = checkpoint.abstract_like(train_state_shapes(config, model), parallel.replicated(mesh))
   state = checkpoint.restore_state(mngr, step_number, target)
   return step_number, state.variables

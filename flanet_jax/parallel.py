@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from flanet_jax import errors
+
 DATA_AXIS = 'data'
 
 
@@ -38,8 +40,8 @@ def replicated(mesh) -> NamedSharding:
 
 def check_batch_size(name: str, global_batch: int) -> None:
   if global_batch % jax.device_count():
-    raise ValueError(f'{name}={global_batch} must be divisible by the {jax.device_count()} '
-                     'devices')
+    raise errors.UserValueError(f'{name}={global_batch} must be divisible by the '
+                                f'{jax.device_count()} devices')
 
 
 def to_global(host_batch: dict, mesh) -> dict:

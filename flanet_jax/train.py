@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from flanet_jax import checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step
+from flanet_jax import (checkpoint, data, errors, evaluate, metrics, optim, parallel, pretrained,
+                        step)
 from flanet_jax.data import pipeline, transforms
 from flanet_jax.models import build_model
 from flanet_jax.reporting import MetricWriter
@@ -28,8 +29,8 @@ def train_dataset(config):
 def _load_pretrained(variables, path: str):
   """Fills the backbone (or whole model) from converted weights at `config.init_from`."""
   if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch weights there '
-                            'with scripts/convert_torch_weights.py (see README)')
+    raise errors.UserFileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch '
+                                       'weights there with flanet-jax-convert (see README)')
   variables, report = pretrained.init_from(variables, path)
   if jax.process_index() == 0:
     print(report.summary())

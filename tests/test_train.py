@@ -128,7 +128,7 @@ def test_init_from_fills_the_backbone_of_a_fresh_run(tiny_dataset, tmp_path):
   assert not same(fresh.params['backbone'], donor['params']['backbone'])
 
   config.init_from = str(tmp_path / 'not_converted_yet')
-  with pytest.raises(FileNotFoundError, match='not_converted_yet.*convert_torch_weights'):
+  with pytest.raises(FileNotFoundError, match='not_converted_yet.*flanet-jax-convert'):
     train.initial_state(config, model, mesh)
 
 

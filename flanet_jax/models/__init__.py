@@ -4,6 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from flanet_jax import errors
 from flanet_jax.models.flanet import FLANet
 
 _FIELDS = {f.name for f in dataclasses.fields(FLANet)} - {'parent', 'name', 'dtype'}
@@ -17,5 +18,6 @@ def build_model(model_config, dtype: str = 'float32') -> FLANet:
   kwargs = dict(model_config)
   unknown = sorted(set(kwargs) - _FIELDS)
   if unknown:
-    raise ValueError(f'Unknown model config keys {unknown}; valid keys: {sorted(_FIELDS)}')
+    raise errors.UserValueError(f'Unknown model config keys {unknown}; valid keys: '
+                                f'{sorted(_FIELDS)}')
   return FLANet(dtype=jnp.dtype(dtype), **kwargs)
