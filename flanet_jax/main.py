@@ -1,4 +1,4 @@
-"""Entry point: flags only. The work is in train.py, evaluate.py and export.py.
+r"""Entry point: flags only. The work is in train.py, evaluate.py and export.py.
 
   flanet-jax --config configs/demo.py --workdir /tmp/demo [--mode train|eval|export]
   flanet-jax --config configs/cityscapes_r101.py --workdir DIR \
@@ -75,6 +75,10 @@ def parse_flags(argv):
   raised as a UserError rather than printed with the usage."""
   try:
     remaining = FLAGS(argv)
+  except SystemExit as done:  # absl ends --help with status 1; asked-for help is a success
+    if done.code == 1 and {'--help', '--helpshort', '--helpfull', '-?'} & set(argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as error:
     message = str(error)
     if '\n' in message:  # the config file's get_config raised: the flag and its last line
@@ -92,8 +96,19 @@ def parse_flags(argv):
   return remaining
 
 
+def _lend_help_to_console_script():
+  """absl's --help prints the docstring and flags of the __main__ module; under a console
+  script that is a generated wrapper, so it gets this module's."""
+  wrapper = sys.modules['__main__']
+  if wrapper is not sys.modules[__name__]:
+    wrapper.__doc__ = __doc__
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+      FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run():
   """The `flanet-jax` command: `main` under absl, a UserError as one `error: ...` line."""
+  _lend_help_to_console_script()
   # Config files import `configs.*` from the working directory, as `python -m` allows; a
   # console script's sys.path starts at its own bin/ folder instead.
   if os.getcwd() not in sys.path:

@@ -1,4 +1,4 @@
-"""`flanet-jax-convert`: a PyTorch checkpoint (.pth) -> a flanet_jax variables checkpoint (Orbax).
+"""Converts a PyTorch checkpoint (.pth) into a flanet_jax variables checkpoint (Orbax).
 
   flanet-jax-convert resnet101-imagenet.pth weights/resnet101_deep --arch resnet101_deep
 
