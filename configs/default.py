@@ -87,10 +87,14 @@ def get_config():
   config.eval.size_divisor = 1
   config.eval.export_split = 'test'  # --mode export: the split to predict (Cityscapes server)
 
+  # Several processes (hosts) in one job, through jax.distributed (flanet_jax/parallel.py).
   config.distributed = ml_collections.ConfigDict()
-  config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed
-  config.distributed.num_processes = 1
-  config.distributed.process_id = 0
+  # None: join when the environment shows a multi-process SLURM (srun), Open MPI (mpirun) or
+  # GKE TPU job; True: let JAX find the coordinator (Cloud TPU pod slices); False: never.
+  config.distributed.auto = config_dict.placeholder(bool)
+  config.distributed.coordinator_address = ''  # explicit: 'host:port' of process 0,
+  config.distributed.num_processes = 1  # the number of processes
+  config.distributed.process_id = 0  # and this one's id (0 .. num_processes - 1)
 
   config.lock()
   return config
