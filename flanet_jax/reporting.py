@@ -5,7 +5,6 @@ import math
 import pathlib
 
 import jax
-from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
@@ -17,6 +16,9 @@ class MetricWriter:
     if not self.enabled:
       return
     _drop_records_after(self.path, resume_step)
+    # Imported here: tensorboardX imports torch where it is installed, a cost that only a run
+    # writing metrics should pay (not eval, export, --help or an early error).
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
 
   def write(self, step: int, scalars: dict) -> None:
