@@ -28,9 +28,6 @@ def train_dataset(config):
 
 def _load_pretrained(variables, path: str):
   """Fills the backbone (or whole model) from converted weights at `config.init_from`."""
-  if not pathlib.Path(path).is_dir():
-    raise errors.UserFileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch '
-                                       'weights there with flanet-jax-convert (see README)')
   variables, report = pretrained.init_from(variables, path)
   if jax.process_index() == 0:
     print(report.summary())
@@ -40,9 +37,13 @@ def _load_pretrained(variables, path: str):
 def initial_state(config, model, mesh, load_pretrained: bool = True):
   """Initialised (and `init_from`-filled), replicated train state, optimizer and schedule."""
   replicated = parallel.replicated(mesh)
+  init_from = config.init_from if load_pretrained else ''
+  if init_from and not pathlib.Path(init_from).is_dir():  # before the (compiled) initialisation
+    raise errors.UserFileNotFoundError(f'init_from={init_from!r} does not exist; convert PyTorch '
+                                       'weights there with flanet-jax-convert (see README)')
   variables = step.initial_variables(model, config.seed, replicated)
-  if config.init_from and load_pretrained:
-    variables = _load_pretrained(variables, config.init_from)
+  if init_from:
+    variables = _load_pretrained(variables, init_from)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                       variables['params'])
   state = jax.jit(lambda v: step.create_train_state(v, tx, config.seed),
