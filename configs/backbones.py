@@ -1,7 +1,7 @@
 """Backbone choices of the experiment configs: model keys and the converted ImageNet weights.
 
 Each backbone starts from ImageNet weights converted once with
-  python scripts/convert_torch_weights.py SRC.pth weights/ARCH --arch ARCH
+  flanet-jax-convert SRC.pth weights/ARCH --arch ARCH
 (README, "Converting PyTorch weights"). ResNet-50/101 use the deep (64-64-128) stem of the
 original code's ImageNet models; ResNet-18 the torchvision 7x7 stem, whose ImageNet weights
 are the standard ones.

@@ -24,7 +24,7 @@ def get_config():
   config.checkpoint_every_steps = 2_000
 
   # ImageNet deep-stem ResNet-101, converted once with
-  #   python scripts/convert_torch_weights.py resnet101-imagenet.pth weights/resnet101_deep \
+  #   flanet-jax-convert resnet101-imagenet.pth weights/resnet101_deep \
   #       --arch resnet101_deep
   backbones.use_backbone(config, 'resnet101')
   config.model.attention = 'fla'

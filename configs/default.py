@@ -19,7 +19,7 @@ def get_config():
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 3
   config.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16' (params, BN stats, loss fp32)
-  config.init_from = ''  # converted PyTorch weights (see scripts/convert_torch_weights.py)
+  config.init_from = ''  # converted PyTorch weights (see flanet-jax-convert)
 
   config.model = ml_collections.ConfigDict()
   config.model.num_classes = 19
@@ -99,10 +99,14 @@ def get_config():
   config.visualise = ml_collections.ConfigDict()
   config.visualise.num_images = 8  # --mode visualise: panels of the first images of eval_split
 
+  # Several processes (hosts) in one job, through jax.distributed (flanet_jax/parallel.py).
   config.distributed = ml_collections.ConfigDict()
-  config.distributed.coordinator_address = ''  # 'host:port' enables jax.distributed
-  config.distributed.num_processes = 1
-  config.distributed.process_id = 0
+  # None: join when the environment shows a multi-process SLURM (srun), Open MPI (mpirun) or
+  # GKE TPU job; True: let JAX find the coordinator (Cloud TPU pod slices); False: never.
+  config.distributed.auto = config_dict.placeholder(bool)
+  config.distributed.coordinator_address = ''  # explicit: 'host:port' of process 0,
+  config.distributed.num_processes = 1  # the number of processes
+  config.distributed.process_id = 0  # and this one's id (0 .. num_processes - 1)
 
   config.lock()
   return config

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flanet_jax import errors
+
 # --- Training runs -----------------------------------------------------------------------------
 
 def _one_replica_type_handlers():
@@ -74,7 +76,7 @@ def restore_data_iterator(mngr: ocp.CheckpointManager, step: int, data_iterator)
 
 
 # --- Model variables ({'params', 'batch_stats'}) as one standalone checkpoint -------------------
-# Written by scripts/convert_torch_weights.py, read by `pretrained.init_from`. Single process.
+# Written by flanet-jax-convert (convert/cli.py), read by `pretrained.init_from`. Single process.
 
 VARIABLE_COLLECTIONS = ('params', 'batch_stats')
 
@@ -86,8 +88,8 @@ def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> Non
   """
   path = os.path.abspath(path)
   if os.path.exists(path):
-    raise FileExistsError(f'{path} already exists; refusing to overwrite it '
-                          '(choose another destination or delete it first)')
+    raise errors.UserFileExistsError(f'{path} already exists; refusing to overwrite it '
+                                     '(choose another destination or delete it first)')
   unknown = sorted(set(variables) - set(VARIABLE_COLLECTIONS))
   if unknown or 'params' not in variables:
     raise ValueError(f'expected the collections {VARIABLE_COLLECTIONS} (params required), '
@@ -101,7 +103,7 @@ def load_variables(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a `save_variables` checkpoint as nested dicts of numpy arrays (no device placement)."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'no variables checkpoint at {path}')
+    raise errors.UserFileNotFoundError(f'no variables checkpoint at {path}')
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(path).item_metadata.tree
     # Abstract leaves without sharding make Orbax restore numpy arrays.

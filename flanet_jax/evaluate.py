@@ -11,7 +11,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from flanet_jax import data, inference, metrics, parallel, step, weights
+from flanet_jax import data, errors, inference, metrics, parallel, step, weights
 from flanet_jax.data import pipeline
 from flanet_jax.models import build_model
 
@@ -70,7 +70,7 @@ class Evaluator:
   def run(self, variables, on_predictions=None) -> dict:
     """Scores of `variables`; `on_predictions(source_indices, class_maps)` sees this host's."""
     if not self.source.labelled:
-      raise ValueError(f'Split {self.split!r} has no labels to score; use --mode export')
+      raise errors.UserValueError(f'Split {self.split!r} has no labels to score; use --mode export')
     confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
     for batch, indices, class_maps in self._batches(variables):
       confusion += np.asarray(self._confusion(class_maps, batch['label']))

@@ -21,6 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from flanet_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -33,7 +35,7 @@ class Settings:
   @classmethod
   def from_config(cls, eval_config) -> 'Settings':
     if eval_config.mode not in ('whole', 'slide'):
-      raise ValueError(f"eval.mode must be 'whole' or 'slide', got {eval_config.mode!r}")
+      raise errors.UserValueError(f"eval.mode must be 'whole' or 'slide', got {eval_config.mode!r}")
     scales = tuple(eval_config.scales) if eval_config.multi_scale else (1.0,)
     return cls(scales, eval_config.flip, eval_config.mode, tuple(eval_config.crop_size),
                tuple(eval_config.stride))

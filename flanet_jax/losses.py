@@ -9,6 +9,7 @@ its `min_kept` hardest valid pixels (as in OCNet / mmsegmentation's OHEMPixelSam
 import jax
 import jax.numpy as jnp
 
+from flanet_jax import errors
 from flanet_jax.labels import IGNORE_INDEX
 
 
@@ -47,15 +48,15 @@ def segmentation_loss(logits, labels, *, name: str = 'ce', ohem_threshold: float
     return masked_mean(ce, valid)
   if name == 'ohem':
     return masked_mean(ce, ohem_keep_mask(ce, valid, ohem_threshold, ohem_min_kept))
-  raise ValueError(f"Unknown loss.name {name!r}; choose 'ce' or 'ohem'")
+  raise errors.UserValueError(f"Unknown loss.name {name!r}; choose 'ce' or 'ohem'")
 
 
 def flanet_loss(outputs, labels, loss_config):
   """main (config.loss.name) + aux_weights . CE(aux1, aux2); returns (total, parts)."""
   main, *aux = outputs
   if len(aux) != len(loss_config.aux_weights):
-    raise ValueError(f'loss.aux_weights has {len(loss_config.aux_weights)} weights for '
-                     f'{len(aux)} auxiliary outputs')
+    raise errors.UserValueError(f'loss.aux_weights has {len(loss_config.aux_weights)} weights for '
+                                f'{len(aux)} auxiliary outputs')
   main_loss = segmentation_loss(main, labels, name=loss_config.name,
                                 ohem_threshold=loss_config.ohem_threshold,
                                 ohem_min_kept=loss_config.ohem_min_kept)

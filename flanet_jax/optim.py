@@ -8,13 +8,15 @@ the attention block) train with `head_lr_multiplier` times the learning rate.
 import jax
 import optax
 
+from flanet_jax import errors
+
 
 def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
   """Linear warm-up from warmup_init_ratio * lr, then poly decay to end_learning_rate."""
   base = opt_config.learning_rate
   warmup = opt_config.warmup_steps
   if not 0 <= warmup < total_steps:
-    raise ValueError(f'optimizer.warmup_steps={warmup} must be in [0, {total_steps})')
+    raise errors.UserValueError(f'optimizer.warmup_steps={warmup} must be in [0, {total_steps})')
   poly = optax.polynomial_schedule(base, opt_config.end_learning_rate, opt_config.poly_power,
                                    total_steps - warmup)
   if warmup == 0:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from flanet_jax import data, parallel, weights
+from flanet_jax import data, errors, parallel, weights
 from flanet_jax.data import image_io, pipeline
 from flanet_jax.evaluate import colourise, new_output_dir
 from flanet_jax.models import build_model
@@ -37,7 +37,8 @@ def input_paths(pattern: str) -> list[pathlib.Path]:
   """The images `predict.input` names: a file, the images in a folder (and its subfolders),
   or the files a glob matches ('**' spans folders)."""
   if not pattern:
-    raise ValueError('predict.input is empty; set --config.predict.input=FILE, FOLDER or GLOB')
+    raise errors.UserValueError('predict.input is empty; set '
+                                '--config.predict.input=FILE, FOLDER or GLOB')
   path = pathlib.Path(pattern).expanduser()
   if path.is_dir():
     paths = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -47,9 +48,9 @@ def input_paths(pattern: str) -> list[pathlib.Path]:
     paths = sorted(pathlib.Path(p) for p in glob.glob(str(path), recursive=True)
                    if os.path.isfile(p))
   else:
-    raise FileNotFoundError(f'predict.input={pattern!r}: no such file or folder')
+    raise errors.UserFileNotFoundError(f'predict.input={pattern!r}: no such file or folder')
   if not paths:
-    raise FileNotFoundError(f'predict.input={pattern!r} matches no image')
+    raise errors.UserFileNotFoundError(f'predict.input={pattern!r} matches no image')
   return paths
 
 
@@ -60,7 +61,7 @@ def checked_size(path: pathlib.Path) -> tuple[int, int]:
       size = image.height, image.width
       image.verify()
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-    raise ValueError(f'Cannot read image {path}: {error}') from error
+    raise errors.UserValueError(f'Cannot read image {path}: {error}') from error
   return size
 
 
@@ -142,10 +143,10 @@ def _predict_all(segmenter: Segmenter, paths, sizes, names, out_dir, config, inf
 def predict(config, workdir) -> pathlib.Path:
   """Predicts the images of `predict.input`; returns the new output folder."""
   if jax.process_count() > 1:
-    raise ValueError('--mode predict runs in a single process; unset distributed.*')
+    raise errors.UserValueError('--mode predict runs in a single process; unset distributed.*')
   if not 0 <= config.predict.overlay_opacity <= 1:
-    raise ValueError(f'predict.overlay_opacity={config.predict.overlay_opacity} must be in '
-                     '[0, 1]')
+    raise errors.UserValueError(
+        f'predict.overlay_opacity={config.predict.overlay_opacity} must be in [0, 1]')
   info = data.dataset_info(config.data.name)  # the class names and colours
   data.check_num_classes(config)
   paths = input_paths(config.predict.input)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from flanet_jax import errors
 from flanet_jax.checkpoint import load_variables
 
 # Where pretrained trees are tried when no prefix is given: a whole model, then a backbone.
@@ -83,7 +84,7 @@ def init_from(variables: Mapping[str, Any], pretrained: str | os.PathLike | Mapp
   flat_model = traverse_util.flatten_dict(dict(variables))
   flat_pretrained = traverse_util.flatten_dict(dict(pretrained))
   if not flat_pretrained:
-    raise ValueError('the pretrained variables are empty')
+    raise errors.UserValueError('the pretrained variables are empty')
 
   candidates = AUTO_PREFIXES if prefix is None else (prefix,)
   placements = {p: _place(flat_model, flat_pretrained, p) for p in candidates}
@@ -92,10 +93,10 @@ def init_from(variables: Mapping[str, Any], pretrained: str | os.PathLike | Mapp
     best = max(candidates, key=lambda p: len(placements[p][0]))
     targets, problems = placements[best]
     if not targets:
-      raise ValueError(f'no pretrained array matches the model (tried prefixes {candidates}); '
-                       f'e.g. {problems[0]}')
-    raise ValueError(f'{len(problems)} pretrained arrays do not fit the model under prefix '
-                     f'{best!r}:\n' + '\n'.join(f'  {p}' for p in problems))
+      raise errors.UserValueError(f'no pretrained array matches the model (tried prefixes '
+                                  f'{candidates}); e.g. {problems[0]}')
+    raise errors.UserValueError(f'{len(problems)} pretrained arrays do not fit the model under '
+                                f'prefix {best!r}:\n' + '\n'.join(f'  {p}' for p in problems))
 
   prefix = fitting[0]
   targets = placements[prefix][0]

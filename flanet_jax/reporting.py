@@ -6,7 +6,6 @@ import pathlib
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
@@ -18,6 +17,9 @@ class MetricWriter:
     if not self.enabled:
       return
     _drop_records_after(self.path, resume_step)
+    # Imported here: tensorboardX imports torch where it is installed, a cost that only a run
+    # writing metrics should pay (not eval, export, --help or an early error).
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
 
   def write(self, step: int, scalars: dict) -> None:

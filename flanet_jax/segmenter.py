@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from flanet_jax import evaluate, inference, parallel, step, weights
+from flanet_jax import errors, evaluate, inference, parallel, step, weights
 from flanet_jax.data import image_io, transforms
 from flanet_jax.models import build_model
 
@@ -33,7 +33,8 @@ def as_rgb(image) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f'expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}')
+    raise errors.UserValueError(
+        f'expected a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}')
   return image
 
 

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from flanet_jax import (checkpoint, data, evaluate, metrics, optim, parallel, pretrained, step,
-                        weights)
+from flanet_jax import (checkpoint, data, errors, evaluate, metrics, optim, parallel, pretrained,
+                        step, weights)
 from flanet_jax.data import pipeline, transforms
 from flanet_jax.models import build_model
 from flanet_jax.reporting import MetricWriter
@@ -29,9 +29,6 @@ def train_dataset(config):
 
 def _load_pretrained(variables, path: str):
   """Fills the backbone (or whole model) from converted weights at `config.init_from`."""
-  if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch weights there '
-                            'with scripts/convert_torch_weights.py (see README)')
   variables, report = pretrained.init_from(variables, path)
   if jax.process_index() == 0:
     print(report.summary())
@@ -41,9 +38,13 @@ def _load_pretrained(variables, path: str):
 def initial_state(config, model, mesh, load_pretrained: bool = True):
   """Initialised (and `init_from`-filled), replicated train state, optimizer and schedule."""
   replicated = parallel.replicated(mesh)
+  init_from = config.init_from if load_pretrained else ''
+  if init_from and not pathlib.Path(init_from).is_dir():  # before the (compiled) initialisation
+    raise errors.UserFileNotFoundError(f'init_from={init_from!r} does not exist; convert PyTorch '
+                                       'weights there with flanet-jax-convert (see README)')
   variables = step.initial_variables(model, config.seed, replicated)
-  if config.init_from and load_pretrained:
-    variables = _load_pretrained(variables, config.init_from)
+  if init_from:
+    variables = _load_pretrained(variables, init_from)
   tx, schedule = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                       variables['params'])
   state = jax.jit(lambda v: step.create_train_state(v, tx, config.seed),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import matplotlib
 from tqdm import tqdm
 
-from flanet_jax import data, evaluate, parallel, weights
+from flanet_jax import data, errors, evaluate, parallel, weights
 from flanet_jax.data.transforms import normalize
 from flanet_jax.models import build_model
 
@@ -68,10 +68,11 @@ def draw_panel(path: pathlib.Path, image, label, class_map, heatmap, palette, at
 def visualise(config, workdir) -> pathlib.Path | None:
   """Writes the panels; returns their folder (None on processes other than 0)."""
   if config.model.attention == 'none':
-    raise ValueError("--mode visualise shows the attention block's output, but "
-                     "model.attention='none' has no block")
+    raise errors.UserValueError("--mode visualise shows the attention block's output, but "
+                                "model.attention='none' has no block")
   if config.visualise.num_images < 1:
-    raise ValueError(f'visualise.num_images must be >= 1, got {config.visualise.num_images}')
+    raise errors.UserValueError(
+        f'visualise.num_images must be >= 1, got {config.visualise.num_images}')
   data.check_num_classes(config)
   workdir = pathlib.Path(workdir)
   info = data.dataset_info(config.data.name)

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from flanet_jax import checkpoint, optim, parallel, pretrained, step
+from flanet_jax import checkpoint, errors, optim, parallel, pretrained, step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +57,13 @@ def restore_variables(config, workdir: pathlib.Path, model, mesh):
   workdir = pathlib.Path(workdir)
   steps = _checkpoint_steps(config, workdir)
   if not steps:
-    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train first, or set '
-                            'init_from to converted weights')
+    raise errors.UserFileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train '
+                                       'first, or set init_from to converted weights')
   wanted = config.eval.checkpoint_step
   step_number = max(steps) if wanted < 0 else wanted
   if step_number not in steps:
-    raise FileNotFoundError(f'No checkpoint for step {wanted} in {workdir / "checkpoints"}; '
-                            f'available: {sorted(steps)}')
+    raise errors.UserFileNotFoundError(f'No checkpoint for step {wanted} in '
+                                       f'{workdir / "checkpoints"}; available: {sorted(steps)}')
   mngr = checkpoint.manager(workdir, config.keep_checkpoints, read_only=True)
   target = checkpoint.abstract_like(train_state_shapes(config, model), parallel.replicated(mesh))
   state = checkpoint.restore_state(mngr, step_number, target)
@@ -74,18 +74,18 @@ def converted(path, model, mesh) -> Weights:
   """The whole-model variables in a converted-weights directory, replicated over `mesh`."""
   path = str(path)
   if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch weights there '
-                            'with scripts/convert_torch_weights.py (see README)')
+    raise errors.UserFileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch '
+                                       'weights there with flanet-jax-convert (see README)')
   shapes = jax.eval_shape(lambda: step.init_variables(model, 0))  # nothing is initialised
   try:
     variables, report = pretrained.init_from(shapes, path)
   except ValueError as error:
-    raise ValueError(f'init_from={path!r} does not fit the model: {error}') from error
+    raise errors.UserValueError(f'init_from={path!r} does not fit the model: {error}') from error
   if report.not_initialised:
     missing = sorted({p.split('/')[1] for p in report.not_initialised})
-    raise ValueError(f'init_from={path!r} covers only part of the model (nothing for '
-                     f'{", ".join(missing)}); evaluating or predicting needs a whole '
-                     'converted FLANet matching model.*')
+    raise errors.UserValueError(f'init_from={path!r} covers only part of the model (nothing '
+                                f'for {", ".join(missing)}); evaluating or predicting needs a '
+                                'whole converted FLANet matching model.*')
   return Weights(jax.device_put(variables, parallel.replicated(mesh)), init_from=path)
 
 

@@ -98,6 +98,19 @@ def fails(process) -> str:
   return output
 
 
+def user_error(process) -> str:
+  """The `error: ...` line of a `launch_main` process that refused its input (launched with
+  `COMPILES_LOGGED`): exit status 1, that line last, no traceback, nothing compiled."""
+  output = fails(process)
+  last = output.rstrip().splitlines()[-1]
+  assert process.returncode == 1 and last.startswith('error: '), output
+  assert 'Traceback' not in output and 'Compiling' not in output, output
+  return last
+
+
+COMPILES_LOGGED = {'JAX_LOG_COMPILES': '1'}  # each compilation logs a 'Compiling ...' line
+
+
 def abstract_train_step(config):
   """(state, new state, metrics) of one train step of `config`'s model at its batch and crop
   size, traced (`jax.eval_shape`): nothing compiled."""

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.convert.errors import ConversionError
 
 # Training checkpoints wrap the weights; these keys are unwrapped, outermost first.
@@ -21,9 +22,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('reading PyTorch checkpoints needs torch: pip install -e ".[convert]"') from e
+    raise errors.UserError('reading PyTorch checkpoints needs torch: pip install -e ".[convert]"'
+                           ) from e
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'no checkpoint file {os.fspath(path)!r}')
+    raise errors.UserFileNotFoundError(f'no checkpoint file {os.fspath(path)!r}')
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pickle errors of many kinds; say which file and why

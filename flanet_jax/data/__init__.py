@@ -7,6 +7,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.data import ade20k, cityscapes, synthetic, voc
 from flanet_jax.data.source import SegmentationSource
 
@@ -30,7 +31,7 @@ DATASETS = {
 
 def dataset_info(name: str) -> DatasetInfo:
   if name not in DATASETS:
-    raise ValueError(f'Unknown data.name {name!r}; choose one of {sorted(DATASETS)}')
+    raise errors.UserValueError(f'Unknown data.name {name!r}; choose one of {sorted(DATASETS)}')
   return DATASETS[name]
 
 
@@ -40,8 +41,8 @@ def prepare(data_config) -> None:
   if not data_config.generate_if_missing or root.exists():
     return
   if jax.process_count() > 1:
-    raise FileNotFoundError(f'{root} does not exist; write it once before a multi-process run '
-                            'with scripts/make_synthetic_dataset.py')
+    raise errors.UserFileNotFoundError(f'{root} does not exist; write it once before a '
+                                       'multi-process run with scripts/make_synthetic_dataset.py')
   print(f'Writing the synthetic dataset to {root} ...')
   synthetic.write_dataset(str(root))
 
@@ -53,7 +54,7 @@ def source(data_config, split: str):
   if len(parts) == 1:
     return parts[0]
   if len({part.labelled for part in parts}) > 1:
-    raise ValueError(f'data split {split!r} joins labelled and unlabelled splits')
+    raise errors.UserValueError(f'data split {split!r} joins labelled and unlabelled splits')
   return SegmentationSource([s for part in parts for s in part.samples], parts[0].table, split)
 
 
@@ -61,5 +62,5 @@ def check_num_classes(config) -> None:
   """The model must predict exactly the dataset's classes."""
   names = dataset_info(config.data.name).class_names
   if config.model.num_classes != len(names):
-    raise ValueError(f'data.name={config.data.name!r} has {len(names)} classes, but '
-                     f'model.num_classes={config.model.num_classes}')
+    raise errors.UserValueError(f'data.name={config.data.name!r} has {len(names)} classes, but '
+                                f'model.num_classes={config.model.num_classes}')

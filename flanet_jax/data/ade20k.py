@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.data.source import Sample, SegmentationSource, label_table, require_dir
 from flanet_jax.labels import IGNORE_INDEX
 
@@ -81,11 +82,12 @@ SUBMISSION_IDS = np.arange(1, NUM_CLASSES + 1, dtype=np.uint8)  # the benchmark'
 def _split_dirs(root: str, split: str) -> tuple[pathlib.Path, pathlib.Path]:
   root_path = pathlib.Path(root)
   if (root_path / FOLDER).is_dir() and not (root_path / 'images').is_dir():
-    raise FileNotFoundError(f'{root_path} holds {FOLDER}: set data.root to '
-                            f'{root_path / FOLDER}')
+    raise errors.UserFileNotFoundError(f'{root_path} holds {FOLDER}: set data.root to '
+                                       f'{root_path / FOLDER}')
   require_dir(root_path, 'ADE20K')
   if split not in SPLIT_DIRS:
-    raise FileNotFoundError(f'Unknown ADE20K split {split!r}; choose one of {list(SPLIT_DIRS)}')
+    raise errors.UserFileNotFoundError(f'Unknown ADE20K split {split!r}; choose one of '
+                                       f'{list(SPLIT_DIRS)}')
   image_dir = root_path / 'images' / SPLIT_DIRS[split]
   label_dir = root_path / 'annotations' / SPLIT_DIRS[split]
   require_dir(image_dir, f'ADE20K {split!r} images')
@@ -100,10 +102,12 @@ def list_samples(root: str, split: str) -> list[Sample]:
   labels = {p.stem: p for p in sorted(label_dir.glob('*.png'))}
   for stem, image in images.items():
     if stem not in labels:
-      raise FileNotFoundError(f'Image {image} has no label: expected {label_dir / stem}.png')
+      raise errors.UserFileNotFoundError(f'Image {image} has no label: expected '
+                                         f'{label_dir / stem}.png')
   for stem, label in labels.items():
     if stem not in images:
-      raise FileNotFoundError(f'Label {label} has no image: expected {image_dir / stem}.jpg')
+      raise errors.UserFileNotFoundError(f'Label {label} has no image: expected '
+                                         f'{image_dir / stem}.jpg')
   return [Sample(stem, image, labels[stem]) for stem, image in images.items()]
 
 

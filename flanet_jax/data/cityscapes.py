@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 
+from flanet_jax import errors
 from flanet_jax.data.source import Sample, SegmentationSource, label_table, require_dir
 from flanet_jax.labels import IGNORE_INDEX
 
@@ -50,12 +51,12 @@ def list_samples(root: str, split: str) -> list[Sample]:
   labels = _stems(label_dir, LABEL_SUFFIX)
   for stem, image in images.items():
     if stem not in labels:
-      raise FileNotFoundError(f'Image {image} has no label: expected '
-                              f'{label_dir / (stem + LABEL_SUFFIX)}')
+      raise errors.UserFileNotFoundError(f'Image {image} has no label: expected '
+                                         f'{label_dir / (stem + LABEL_SUFFIX)}')
   for stem, label in labels.items():
     if stem not in images:
-      raise FileNotFoundError(f'Label {label} has no image: expected '
-                              f'{image_dir / (stem + IMAGE_SUFFIX)}')
+      raise errors.UserFileNotFoundError(f'Label {label} has no image: expected '
+                                         f'{image_dir / (stem + IMAGE_SUFFIX)}')
   return [Sample(p.name[:-len(IMAGE_SUFFIX)], p, labels[stem]) for stem, p in images.items()]
 
 

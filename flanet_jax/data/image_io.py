@@ -5,6 +5,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from flanet_jax import errors
+
 
 def read_rgb(path: pathlib.Path) -> np.ndarray:
   """uint8 (H, W, 3); grayscale, palette and RGBA images are converted to RGB."""
@@ -12,7 +14,7 @@ def read_rgb(path: pathlib.Path) -> np.ndarray:
     with Image.open(path) as image:
       return np.asarray(image.convert('RGB'))
   except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f'Cannot decode image {path}: {error}') from error
+    raise errors.UserValueError(f'Cannot decode image {path}: {error}') from error
 
 
 def read_label(path: pathlib.Path) -> np.ndarray:
@@ -20,12 +22,12 @@ def read_label(path: pathlib.Path) -> np.ndarray:
   try:
     with Image.open(path) as image:
       if image.mode not in ('L', 'P', 'I', 'I;16'):
-        raise ValueError(f'expected a single-channel label PNG, got mode {image.mode}')
+        raise errors.UserValueError(f'expected a single-channel label PNG, got mode {image.mode}')
       label = np.asarray(image)
   except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f'Cannot decode label {path}: {error}') from error
+    raise errors.UserValueError(f'Cannot decode label {path}: {error}') from error
   if label.max(initial=0) > 255:
-    raise ValueError(f'Label {path} has values above 255')
+    raise errors.UserValueError(f'Label {path} has values above 255')
   return label.astype(np.uint8)
 
 
@@ -35,4 +37,4 @@ def image_size(path: pathlib.Path) -> tuple[int, int]:
     with Image.open(path) as image:
       return image.height, image.width
   except OSError as error:
-    raise ValueError(f'Cannot read image {path}: {error}') from error
+    raise errors.UserValueError(f'Cannot read image {path}: {error}') from error

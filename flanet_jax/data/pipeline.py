@@ -13,6 +13,7 @@ import grain
 from absl import flags
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.data.transforms import normalize
 from flanet_jax.labels import IGNORE_INDEX
 
@@ -30,8 +31,8 @@ def train_dataset(source, transform: Callable, *, global_batch: int, seed: int,
                   process_index: int, process_count: int) -> grain.MapDataset:
   """Host-local batches of the global training stream (see module docstring)."""
   if global_batch % process_count:
-    raise ValueError(f'batch_size {global_batch} is not divisible by the {process_count} '
-                     'processes')
+    raise errors.UserValueError(f'batch_size {global_batch} is not divisible by the '
+                                f'{process_count} processes')
   host_batch = global_batch // process_count
   stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   stream = stream.map_with_index(_seeded(transform, seed))
@@ -88,8 +89,8 @@ def eval_batches(source, *, global_batch: int, process_index: int, process_count
   'image', 'size' (true height, width) and, if the source is labelled, 'label'.
   """
   if global_batch % process_count:
-    raise ValueError(f'eval_batch_size {global_batch} is not divisible by the '
-                     f'{process_count} processes')
+    raise errors.UserValueError(f'eval_batch_size {global_batch} is not divisible by the '
+                                f'{process_count} processes')
   host_batch = global_batch // process_count
   for first in range(0, len(source), global_batch):
     global_indices = range(first, min(first + global_batch, len(source)))

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.data import image_io
 from flanet_jax.labels import IGNORE_INDEX
 
@@ -38,14 +39,15 @@ def map_label(stored: np.ndarray, table: np.ndarray, path: pathlib.Path) -> np.n
   mapped = table[stored]
   if (mapped == INVALID).any():
     bad = np.unique(stored[mapped == INVALID])
-    raise ValueError(f'Label {path} has values {bad[:10].tolist()} outside the dataset\'s '
-                     f'range (valid: {np.flatnonzero(table != INVALID).tolist()})')
+    raise errors.UserValueError(f'Label {path} has values {bad[:10].tolist()} outside the '
+                                f'dataset\'s range (valid: '
+                                f'{np.flatnonzero(table != INVALID).tolist()})')
   return mapped.astype(np.uint8)
 
 
 def require_dir(path: pathlib.Path, what: str) -> None:
   if not path.is_dir():
-    raise FileNotFoundError(f'{what} directory not found: {path}')
+    raise errors.UserFileNotFoundError(f'{what} directory not found: {path}')
 
 
 class SegmentationSource:
@@ -56,7 +58,7 @@ class SegmentationSource:
 
   def __init__(self, samples: Sequence[Sample], table: np.ndarray, where: str):
     if not samples:
-      raise FileNotFoundError(f'Empty split: no images in {where}')
+      raise errors.UserFileNotFoundError(f'Empty split: no images in {where}')
     self.samples = list(samples)
     self.table = table
     self.labelled = self.samples[0].label is not None
@@ -71,8 +73,8 @@ class SegmentationSource:
       return {'image': image}
     stored = image_io.read_label(sample.label)
     if stored.shape != image.shape[:2]:
-      raise ValueError(f'Label {sample.label} has size {stored.shape}, '
-                       f'image {sample.image} has {image.shape[:2]}')
+      raise errors.UserValueError(f'Label {sample.label} has size {stored.shape}, '
+                                  f'image {sample.image} has {image.shape[:2]}')
     return {'image': image, 'label': map_label(stored, self.table, sample.label)}
 
   def image_size(self, index: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from flanet_jax import errors
 from flanet_jax.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 
 # Cityscapes labelIds used by the scenes, with a base colour each.
@@ -64,7 +65,7 @@ def write_dataset(root: str, num_train: int = 48, num_val: int = 12, height: int
   """Writes the dataset under `root` (which must not exist yet) and returns its path."""
   root_path = pathlib.Path(root)
   if root_path.exists():
-    raise FileExistsError(f'{root_path} already exists; refusing to overwrite it')
+    raise errors.UserFileExistsError(f'{root_path} already exists; refusing to overwrite it')
   rng = np.random.default_rng(seed)
   tmp = root_path.with_name(root_path.name + '.partial')
   for split, count in (('train', num_train), ('val', num_val)):

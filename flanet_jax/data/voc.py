@@ -16,6 +16,7 @@ import pathlib
 
 import numpy as np
 
+from flanet_jax import errors
 from flanet_jax.data.source import Sample, SegmentationSource, label_table, require_dir
 
 FOLDER = 'VOC2012'
@@ -45,7 +46,7 @@ def label_dir(root: pathlib.Path, split: str) -> pathlib.Path:
 
 def read_ids(path: pathlib.Path) -> list[str]:
   if not path.is_file():
-    raise FileNotFoundError(f'VOC split list not found: {path}')
+    raise errors.UserFileNotFoundError(f'VOC split list not found: {path}')
   return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -54,17 +55,21 @@ def _check_files(image: pathlib.Path, label: pathlib.Path | None, listed_in: pat
   if has_image and has_label:
     return
   if has_image:
-    raise FileNotFoundError(f'Image {image} has no label: expected {label} ({listed_in})')
+    raise errors.UserFileNotFoundError(f'Image {image} has no label: expected {label} '
+                                       f'({listed_in})')
   if has_label and label is not None:
-    raise FileNotFoundError(f'Label {label} has no image: expected {image} ({listed_in})')
-  raise FileNotFoundError(f'{listed_in} lists {image.stem!r}, but {image} does not exist')
+    raise errors.UserFileNotFoundError(f'Label {label} has no image: expected {image} '
+                                       f'({listed_in})')
+  raise errors.UserFileNotFoundError(f'{listed_in} lists {image.stem!r}, but {image} does not '
+                                     'exist')
 
 
 def list_samples(root: str, split: str) -> list[Sample]:
   """The samples of a split list, in its order; every listed id needs its image and label."""
   root_path = pathlib.Path(root)
   if (root_path / FOLDER).is_dir() and not (root_path / 'JPEGImages').is_dir():
-    raise FileNotFoundError(f'{root_path} holds {FOLDER}: set data.root to {root_path / FOLDER}')
+    raise errors.UserFileNotFoundError(f'{root_path} holds {FOLDER}: set data.root to '
+                                       f'{root_path / FOLDER}')
   require_dir(root_path, 'PASCAL VOC')
   listed_in = split_file(root_path, split)
   labels = None if split in UNLABELLED_SPLITS else label_dir(root_path, split)

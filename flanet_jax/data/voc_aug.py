@@ -14,6 +14,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from flanet_jax import errors
 from flanet_jax.data import image_io, voc
 from flanet_jax.data.source import map_label
 
@@ -31,7 +32,7 @@ def read_sbd_label(path: pathlib.Path) -> np.ndarray:
     mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
     return np.asarray(mat['GTcls'].Segmentation, np.uint8)
   except Exception as error:  # scipy raises assorted types (IndexError, ...) on damaged files
-    raise ValueError(f'Cannot read SBD label {path}: {error!r}') from error
+    raise errors.UserValueError(f'Cannot read SBD label {path}: {error!r}') from error
 
 
 def _label_for(image_id: str, voc_root, sbd_root, voc_train: set):
@@ -41,7 +42,7 @@ def _label_for(image_id: str, voc_root, sbd_root, voc_train: set):
     return image_io.read_label(path), path
   path = sbd_root / 'cls' / f'{image_id}.mat'
   if not path.is_file():
-    raise FileNotFoundError(f'SBD label not found: {path}')
+    raise errors.UserFileNotFoundError(f'SBD label not found: {path}')
   return read_sbd_label(path), path
 
 
@@ -50,12 +51,12 @@ def _write_labels(ids, voc_root, sbd_root, out_dir: pathlib.Path) -> None:
   for image_id in ids:
     image = voc_root / 'JPEGImages' / f'{image_id}.jpg'
     if not image.is_file():
-      raise FileNotFoundError(f'Image not found for trainaug id {image_id!r}: {image}')
+      raise errors.UserFileNotFoundError(f'Image not found for trainaug id {image_id!r}: {image}')
     label, path = _label_for(image_id, voc_root, sbd_root, voc_train)
     map_label(label, voc.LABEL_TABLE, path)  # values 0..20 or 255 only
     if label.shape != image_io.image_size(image):
-      raise ValueError(f'Label {path} has size {label.shape}, image {image} has '
-                       f'{image_io.image_size(image)}')
+      raise errors.UserValueError(f'Label {path} has size {label.shape}, image {image} has '
+                                  f'{image_io.image_size(image)}')
     Image.fromarray(label).save(out_dir / f'{image_id}.png')  # uint8 (H, W): grayscale 'L'
 
 
@@ -69,7 +70,7 @@ def prepare(voc_root: str, sbd_root: str) -> list[str]:
                                                                               voc.AUG_SPLIT)
   for path in (out_dir, list_file):
     if path.exists():
-      raise FileExistsError(f'{path} already exists; refusing to overwrite it')
+      raise errors.UserFileExistsError(f'{path} already exists; refusing to overwrite it')
   ids = trainaug_ids(voc_root, sbd_root)
   staging = out_dir.with_name(out_dir.name + '.partial')
   shutil.rmtree(staging, ignore_errors=True)  # left over from a killed run

@@ -4,7 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from flanet_jax import kernels
+from flanet_jax import errors, kernels
 from flanet_jax.models.flanet import FLANet
 
 # Config keys: FLANet's fields, with `kernels` (a name) in place of `ops` (what it selects).
@@ -21,6 +21,7 @@ def build_model(model_config, dtype: str = 'float32') -> FLANet:
   kwargs = dict(model_config)
   unknown = sorted(set(kwargs) - _KEYS)
   if unknown:
-    raise ValueError(f'Unknown model config keys {unknown}; valid keys: {sorted(_KEYS)}')
+    raise errors.UserValueError(f'Unknown model config keys {unknown}; valid keys: '
+                                f'{sorted(_KEYS)}')
   ops = kernels.select(kwargs.pop('kernels', 'auto'))
   return FLANet(dtype=jnp.dtype(dtype), ops=ops, **kwargs)

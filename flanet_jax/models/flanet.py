@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flanet_jax import errors
 from flanet_jax.models.fla import FullyAttentionalBlock
 from flanet_jax.models.hrnet import CONFIGS as HRNET_CONFIGS, HRNet
 from flanet_jax.models.layers import Conv, ConvBN, Dtype, resize_bilinear
@@ -75,7 +76,7 @@ def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
     return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, ops=ops, name='backbone')
   if name == 'shufflenet_v2':
     return ShuffleNetV2(output_stride, dtype, remat, ops, name='backbone')
-  raise ValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
+  raise errors.UserValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
 
 
 class FLANet(nn.Module):
@@ -99,11 +100,11 @@ class FLANet(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool):
     if self.attention not in ATTENTION_BLOCKS:
-      raise ValueError(f'Unknown attention {self.attention!r}; choose one of '
-                       f'{sorted(ATTENTION_BLOCKS)}')
+      raise errors.UserValueError(f'Unknown attention {self.attention!r}; choose one of '
+                                  f'{sorted(ATTENTION_BLOCKS)}')
     if self.fla_chunk_size < 0 or (self.fla_chunk_size and self.attention != 'fla'):
-      raise ValueError(f'model.fla_chunk_size={self.fla_chunk_size}: must be >= 0, and 0 unless '
-                       f"model.attention='fla' (got {self.attention!r})")
+      raise errors.UserValueError(f'model.fla_chunk_size={self.fla_chunk_size}: must be >= 0, '
+                                  f"and 0 unless model.attention='fla' (got {self.attention!r})")
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
                                 self.dtype, self.remat, self.ops)(images, train)

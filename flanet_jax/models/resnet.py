@@ -15,6 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flanet_jax import errors
 from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised
 from flanet_jax.models.ops import PLAIN, Ops
 
@@ -119,9 +120,9 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool) -> Sequence[jnp.ndarray]:
     if self.depth not in _DEPTHS:
-      raise ValueError(f'ResNet depth {self.depth} not in {sorted(_DEPTHS)}')
+      raise errors.UserValueError(f'ResNet depth {self.depth} not in {sorted(_DEPTHS)}')
     if self.output_stride not in _LAYER34:
-      raise ValueError(f'output_stride {self.output_stride} not in {sorted(_LAYER34)}')
+      raise errors.UserValueError(f'output_stride {self.output_stride} not in {sorted(_LAYER34)}')
     _, blocks = _DEPTHS[self.depth]
     (s3, s4), (d3, d4) = _LAYER34[self.output_stride]
     x = self._stem(x.astype(self.dtype), train)

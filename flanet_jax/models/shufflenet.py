@@ -24,6 +24,7 @@ batch_stats `conv5_1/var`); conv `weight` [out, in/groups, kh, kw] becomes `kern
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flanet_jax import errors
 from flanet_jax.models.layers import Conv, Dtype, batch_norm, rematerialised
 from flanet_jax.models.ops import PLAIN, Ops
 
@@ -91,7 +92,7 @@ class ShuffleNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     if self.output_stride not in _STAGE34:
-      raise ValueError(f'output_stride {self.output_stride} not in {sorted(_STAGE34)}')
+      raise errors.UserValueError(f'output_stride {self.output_stride} not in {sorted(_STAGE34)}')
     strides34, dilations34 = _STAGE34[self.output_stride]
     strides = (2, *strides34)
     dilations = (1, *dilations34)
