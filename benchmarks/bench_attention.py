@@ -16,15 +16,13 @@ forward pass (fp32, inference mode), without allocating anything for batch 8:
 import argparse
 import contextlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from measure import NO_LIBRARY_FUSIONS, round_robin_medians  # benchmarks/ is on sys.path
 from flanet_jax import kernels
-from flanet_jax.models.flanet import ATTENTION_BLOCKS
-from flanet_jax.models.layers import ConvBN
+from flanet_jax.models.flanet import ATTENTION_BLOCKS, attention_only
 
 CHANNELS, SIZE = 512, 96
 # Paper, Table 3: added GFLOPs and memory (MB).
@@ -33,18 +31,11 @@ PAPER = {'fla': (19.37, 436), 'channel_nl': (9.66, 40), 'spatial_nl': (103.90, 1
          'ema': (13.91, 98)}
 
 
-def _skip_fuse(next_fun, args, kwargs, context):
-  """Runs every ConvBN (only the blocks' `fuse` convs use it) as the identity."""
-  if isinstance(context.module, ConvBN) and context.method_name == '__call__':
-    return args[0]
-  return next_fun(*args, **kwargs)
-
-
 def compile_block(name, batch, with_fuse, compiler_options=None):
   """(compiled forward, abstract variables) of block `name` on (batch, 96, 96, 512) fp32."""
   block = ATTENTION_BLOCKS[name](CHANNELS, ops=kernels.select('auto'))
   x = jax.ShapeDtypeStruct((batch, SIZE, SIZE, CHANNELS), jnp.float32)
-  interceptor = contextlib.nullcontext() if with_fuse else nn.intercept_methods(_skip_fuse)
+  interceptor = contextlib.nullcontext() if with_fuse else attention_only()
   with interceptor:
     variables = jax.eval_shape(
         lambda: block.init(jax.random.key(0), jnp.zeros(x.shape), train=False))

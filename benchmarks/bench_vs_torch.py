@@ -43,7 +43,6 @@ import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +56,7 @@ from flanet_jax.convert import convert_state_dict, torch_reference  # noqa: E402
 from flanet_jax.labels import IGNORE_INDEX  # noqa: E402
 from flanet_jax.models import build_model  # noqa: E402
 from flanet_jax.models.fla import FullyAttentionalBlock  # noqa: E402
+from flanet_jax.models.flanet import attention_only  # noqa: E402
 from flanet_jax.models.layers import ConvBN  # noqa: E402
 
 THREADS = len(os.sched_getaffinity(0))
@@ -199,13 +199,6 @@ def fla_cases(repeats, size=96, chunk_sizes=(None, 4, 16)):
   return rows
 
 
-def _without_fuse(next_fun, args, kwargs, context):
-  """Flax method interceptor: the FLA block's `fuse` conv-BN-ReLU passes its input through."""
-  if context.module.name == 'fuse' and context.method_name == '__call__':
-    return args[0]
-  return next_fun(*args, **kwargs)
-
-
 def fla_parts_case(repeats, size=96, chunk=4):
   """The FLA block's forward+backward split in two: the attention (priors, maps, gamma
   residual: everything before the 3x3 `conv`) and the `conv` 3x3-BN-ReLU alone."""
@@ -219,7 +212,7 @@ def fla_parts_case(repeats, size=96, chunk=4):
   fuse = ConvBN(512, 3, dtype=jnp.dtype(DTYPE), ops=kernels.select(KERNELS))
 
   def attention_loss(params, x, block=block):
-    with nn.intercept_methods(_without_fuse):
+    with attention_only():
       y = block.apply({'params': params, 'batch_stats': block_vars['batch_stats']}, x,
                       train=True)
     return jnp.sum(y * cotangent)

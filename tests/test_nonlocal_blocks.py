@@ -2,7 +2,6 @@
 positions where the original is defined per position), their per-sample property, EMANet's
 bases update, their FLOPs against the paper, and a forward + gradient of FLANet with each."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,8 +9,7 @@ import numpy as np
 import pytest
 
 from flanet_jax.models import build_model
-from flanet_jax.models.flanet import ATTENTION_BLOCKS
-from flanet_jax.models.layers import ConvBN
+from flanet_jax.models.flanet import ATTENTION_BLOCKS, attention_only
 from flanet_jax.models.nonlocal_blocks import NONLOCAL_BLOCKS
 from tests import support
 
@@ -152,12 +150,6 @@ def test_ema_bases_moving_average_in_training_only():
   np.testing.assert_allclose(np.linalg.norm(initial, axis=0), 1.0, rtol=1e-5)
 
 
-def _skip_fuse(next_fun, args, kwargs, context):
-  if isinstance(context.module, ConvBN) and context.method_name == '__call__':
-    return args[0]
-  return next_fun(*args, **kwargs)
-
-
 # Table 3: GFLOPs added by each block at C=512 on 96x96 features, the 3x3 conv not counted.
 PAPER_GFLOPS = {'fla': 19.37, 'channel_nl': 9.66, 'spatial_nl': 103.90, 'dual_nl': 113.56,
                 'cs_nl': 113.56, 'rcca': 16.18, 'ema': 13.91}
@@ -170,7 +162,7 @@ def test_attention_flops_match_paper(name):
   the paper's: it pins C/8 queries and keys, R=2, k=64 and T=3 as in the originals."""
   x = jax.ShapeDtypeStruct((1, 96, 96, 512), jnp.float32)
   block = ATTENTION_BLOCKS[name](512)
-  with nn.intercept_methods(_skip_fuse):
+  with attention_only():
     variables = jax.eval_shape(lambda: block.init(jax.random.key(0), jnp.zeros(x.shape),
                                                   train=False))
     assert not any('fuse' in jax.tree_util.keystr(k)

@@ -40,6 +40,19 @@ ATTENTION_BLOCKS: Mapping[str, Callable[..., nn.Module] | None] = {
     **NONLOCAL_BLOCKS,
 }
 
+def _fuse_passes_through(next_fun, args, kwargs, context):
+  if (isinstance(context.module, ConvBN) and context.module.name.startswith('fuse') and
+      context.method_name == '__call__'):
+    return args[0]
+  return next_fun(*args, **kwargs)
+
+
+def attention_only():
+  """A context in which every attention block's 3x3 conv-BN-ReLU `fuse` passes its input
+  through: the attention module alone, whose cost the paper's Table 3 counts."""
+  return nn.intercept_methods(_fuse_passes_through)
+
+
 RESNET_DEPTHS = {'resnet18': 18, 'resnet50': 50, 'resnet101': 101}
 BACKBONES = sorted([*RESNET_DEPTHS, *HRNET_CONFIGS, 'shufflenet_v2'])
 
