@@ -6,9 +6,10 @@
 Writes synthetic 1024x2048 val scenes (PNG image + labelIds, the Cityscapes layout) to `--root`
 (reused when it exists; a temporary folder by default), then times full passes of
 pipeline.eval_batches over them, as evaluation reads them (decode, labelId -> trainId,
-normalise, pad to the batch's canvas), with no model: images/s of the whole pass, start-up
-of the worker processes included, and the seconds until the first batch arrives. The passes
-of each setting alternate with those of the others, `--repeats` times.
+normalise, pad to the batch's canvas), with no model: images/s of the whole pass (the start-up
+of the worker processes included), images/s after the first batch, and the seconds until the
+first batch arrives. The passes of each setting alternate with those of the others,
+`--repeats` times.
 """
 
 import argparse
@@ -30,15 +31,17 @@ def dataset(root: pathlib.Path, count: int) -> cityscapes.CityscapesSource:
   return source
 
 
-def time_pass(batches) -> tuple[float, float]:
-  """(seconds to the first batch, images per second over the whole pass)."""
+def time_pass(batches) -> tuple[float, float, float]:
+  """(seconds to the first batch, images/s over the whole pass, images/s after the first
+  batch: the rate once the workers run, which a long split approaches)."""
   start = time.perf_counter()
   first, images = None, 0
   for _, indices in batches:
     if first is None:
-      first = time.perf_counter() - start
+      first, first_images = time.perf_counter() - start, len(indices)
     images += len(indices)
-  return first, images / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  return first, images / seconds, (images - first_images) / (seconds - first)
 
 
 def main():
@@ -57,12 +60,13 @@ def main():
         rows[workers].append(time_pass(pipeline.eval_batches(
             source, global_batch=args.batch, process_index=0, process_count=1,
             workers=workers)))
-  print(f'{args.images} images of {HEIGHT}x{WIDTH}, batches of {args.batch}\n')
-  print('| workers | images/s (each pass) | first batch, s (each pass) |\n| --- | --- | --- |')
+  print(f'{args.images} images of {HEIGHT}x{WIDTH}, batches of {args.batch}; one value per '
+        'pass\n')
+  print('| workers | images/s, whole pass | images/s after the first batch | first batch, s |\n'
+        '| --- | --- | --- | --- |')
   for workers, passes in rows.items():
-    rates = ', '.join(f'{rate:.2f}' for _, rate in passes)
-    firsts = ', '.join(f'{first:.2f}' for first, _ in passes)
-    print(f'| {workers} | {rates} | {firsts} |')
+    columns = [', '.join(f'{values[column]:.2f}' for values in passes) for column in (1, 2, 0)]
+    print(f'| {workers} | {" | ".join(columns)} |')
 
 
 if __name__ == '__main__':
