@@ -60,7 +60,7 @@ def pipeline_images_per_second(source, workers: int, warmup: int, batches: int,
                                batch: int = 8) -> float:
   dataset = pipeline.train_dataset(source, paper_transform(), global_batch=batch, seed=0,
                                    process_index=0, process_count=1)
-  iterator = pipeline.train_iterator(dataset, workers)
+  iterator = pipeline.iterator(dataset, workers)
   for _ in range(warmup):
     next(iterator)
   start = time.perf_counter()

@@ -10,6 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
+from tqdm import tqdm
 
 from flanet_jax import data, errors, inference, metrics, parallel, step, weights
 from flanet_jax.data import pipeline
@@ -49,13 +50,19 @@ class Evaluator:
 
   def _batches(self, variables) -> Iterator[tuple[dict, list[int], jax.Array]]:
     """(global batch, this host's source indices, global class maps) per step."""
-    batches = pipeline.eval_batches(self.source, global_batch=self.config.data.eval_batch_size,
+    global_batch = self.config.data.eval_batch_size
+    batches = pipeline.eval_batches(self.source, global_batch=global_batch,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count(),
-                                    size_divisor=self.config.eval.size_divisor)
-    for host_batch, indices in batches:
-      batch = parallel.to_global(host_batch, self.mesh)
-      yield batch, indices, self._predict(variables, batch['image'], batch['size'])
+                                    size_divisor=self.config.eval.size_divisor,
+                                    workers=self.config.data.workers)
+    # Counts the images of the whole split (every host's), on process 0 only.
+    with tqdm(total=len(self.source), desc=f'eval {self.split}', unit='img', leave=False,
+              disable=jax.process_index() != 0, dynamic_ncols=True) as progress:
+      for host_batch, indices in batches:
+        batch = parallel.to_global(host_batch, self.mesh)
+        yield batch, indices, self._predict(variables, batch['image'], batch['size'])
+        progress.update(min(global_batch, progress.total - progress.n))
 
   def _host_local(self, class_maps: jax.Array, count: int) -> np.ndarray:
     local = multihost_utils.global_array_to_host_local_array(

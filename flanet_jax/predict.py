@@ -102,7 +102,7 @@ def legend(class_names, palette: np.ndarray, rows_per_column: int = 25) -> Image
 def _decoded(paths: list[pathlib.Path], workers: int):
   """Iterator over the images (uint8 RGB) in order, decoded by grain (in `workers` processes)."""
   dataset = grain.MapDataset.source(paths).map(image_io.read_rgb)
-  return pipeline.train_iterator(dataset, workers)
+  return pipeline.iterator(dataset, workers)
 
 
 def _write(out_dir: pathlib.Path, name: pathlib.Path, image, class_map, palette, opacity):

@@ -67,12 +67,12 @@ def restore_or_start(mngr, state, dataset, workers: int):
   `state` is the fresh state or the restore target (`_start_state`)."""
   latest = mngr.latest_step()
   if latest is None:
-    return state, pipeline.train_iterator(dataset, workers)
+    return state, pipeline.iterator(dataset, workers)
   state = checkpoint.restore_state(mngr, latest, state)
-  iterator = pipeline.train_iterator(dataset, workers)
+  iterator = pipeline.iterator(dataset, workers)
   if not checkpoint.restore_data_iterator(mngr, latest, iterator):
     # Saved with another process count: the stream position is the step (pipeline.py).
-    iterator = pipeline.train_iterator(dataset[latest:], workers)
+    iterator = pipeline.iterator(dataset[latest:], workers)
   print(f'Resumed from step {latest} in {mngr.directory}')
   return state, iterator
 

@@ -9,7 +9,8 @@ import pytest
 from cityscapesscripts.helpers import labels as cs_labels
 from PIL import Image
 
-from flanet_jax.data import cityscapes, pipeline, synthetic, transforms
+from flanet_jax.data import ade20k, cityscapes, pipeline, synthetic, transforms
+from tests import layouts
 
 
 def test_label_id_to_train_id_follows_cityscapesscripts():
@@ -85,17 +86,17 @@ def test_workers_and_resume_position_give_the_same_stream(tiny_dataset):
   source = cityscapes.CityscapesSource(str(tiny_dataset), 'train')
   dataset = pipeline.train_dataset(source, _transform(), global_batch=4, seed=3,
                                    process_index=0, process_count=1)
-  serial = pipeline.train_iterator(dataset, workers=0)
+  serial = pipeline.iterator(dataset, workers=0)
   want = [next(serial) for _ in range(6)]
-  parallel_iter = pipeline.train_iterator(dataset, workers=2)
+  parallel_iter = pipeline.iterator(dataset, workers=2)
   got = [next(parallel_iter) for _ in range(6)]
-  resumed = pipeline.train_iterator(dataset[4:], workers=0)
+  resumed = pipeline.iterator(dataset[4:], workers=0)
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a['image'], b['image'])
   np.testing.assert_array_equal(next(resumed)['label'], want[4]['label'])
   # The iterator's state is its position, and restoring it continues the stream.
   state = serial.get_state()
-  fresh = pipeline.train_iterator(dataset, workers=0)
+  fresh = pipeline.iterator(dataset, workers=0)
   fresh.set_state(state)
   np.testing.assert_array_equal(next(fresh)['image'], next(serial)['image'])
 
@@ -112,7 +113,7 @@ def test_training_stream_reads_only_a_few_batches_ahead(tiny_dataset):
 
   dataset = pipeline.train_dataset(source, counting_transform, global_batch=2, seed=0,
                                    process_index=0, process_count=1)
-  iterator = pipeline.train_iterator(dataset, workers=0)
+  iterator = pipeline.iterator(dataset, workers=0)
   next(iterator)
   time.sleep(1.0)  # ample time for reader threads to run ahead
   assert 2 <= len(transformed) <= 2 * (1 + 2 + 2)  # this batch, the buffer, one per thread
@@ -132,3 +133,52 @@ def test_eval_batches_cover_every_image_once_with_uneven_batches(tiny_dataset):
       assert (batch['label'][len(indices):] == 255).all()  # padding rows are ignored
       seen += indices
   assert sorted(seen) == list(range(6))
+
+
+@pytest.fixture(scope='module')
+def mixed_sizes_source(tmp_path_factory):
+  """Seven labelled images of four sizes (tests/layouts.py), so canvases differ by batch."""
+  root = layouts.write_ade20k(tmp_path_factory.mktemp('ade'), num_train=0, num_val=7)
+  return ade20k.ADE20KSource(str(root), 'val')
+
+
+def _reference_eval_batches(source, global_batch, process_index, process_count, size_divisor):
+  """The plain main-process loop: each global batch decoded; its canvas the largest decoded
+  image rounded up to `size_divisor`; this host's rows pasted top-left on image 0 and label
+  255, which also fill the rows past the end of the split."""
+  host_batch = global_batch // process_count
+  for first in range(0, len(source), global_batch):
+    examples = {i: source[i] for i in range(first, min(first + global_batch, len(source)))}
+    height = max(example['label'].shape[0] for example in examples.values())
+    width = max(example['label'].shape[1] for example in examples.values())
+    canvas = (-(-height // size_divisor) * size_divisor, -(-width // size_divisor) * size_divisor)
+    start = first + process_index * host_batch
+    indices = [i for i in range(start, start + host_batch) if i in examples]
+    batch = {'image': np.zeros((host_batch, *canvas, 3), np.float32),
+             'size': np.tile(np.array(canvas, np.int32), (host_batch, 1)),
+             'label': np.full((host_batch, *canvas), 255, np.int32)}
+    for row, i in enumerate(indices):
+      h, w = examples[i]['label'].shape
+      batch['image'][row, :h, :w] = ((examples[i]['image'] - transforms.IMAGENET_MEAN) /
+                                     transforms.IMAGENET_STD)
+      batch['label'][row, :h, :w] = examples[i]['label']
+      batch['size'][row] = h, w
+    yield batch, indices
+
+
+@pytest.mark.parametrize('workers, process_count, process',
+                         [(0, 1, 0), (0, 2, 0), (0, 2, 1), (2, 2, 1)])
+def test_eval_batches_equal_the_plain_loop(mixed_sizes_source, workers, process_count, process):
+  # Global batches of 6 over 7 images: canvases 40x48 (36x44 rounded up to 8), then 24x48;
+  # of two hosts, the second one's last batch is all padding; two workers build one each.
+  want = list(_reference_eval_batches(mixed_sizes_source, 6, process, process_count, 8))
+  got = list(pipeline.eval_batches(mixed_sizes_source, global_batch=6, process_index=process,
+                                   process_count=process_count, size_divisor=8,
+                                   workers=workers))
+  assert [indices for _, indices in got] == [indices for _, indices in want]
+  for (batch, _), (expected, _) in zip(got, want):
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+      assert batch[key].dtype == value.dtype, key
+      np.testing.assert_array_equal(batch[key], value, err_msg=key)
+  assert [batch['image'].shape[1:3] for batch, _ in want] == [(40, 48), (24, 48)]

@@ -80,7 +80,7 @@ def _save_checkpoint(config, workdir):
   model = build_model(config.model)
   state, _, _ = train.initial_state(config, model, parallel.make_mesh())
   mngr = checkpoint.manager(workdir, keep=1)
-  checkpoint.save(mngr, 7, state, pipeline.train_iterator(train.train_dataset(config), 0))
+  checkpoint.save(mngr, 7, state, pipeline.iterator(train.train_dataset(config), 0))
   mngr.wait_until_finished()
 
 

@@ -9,6 +9,7 @@ from flanet_jax.data import cityscapes
 from flanet_jax.evaluate import Evaluator
 from flanet_jax.models import build_model
 from tests import support
+from tests.test_export import ColourModel
 
 
 def test_miou_hand_computed():
@@ -51,3 +52,20 @@ def test_evaluator_counts_every_pixel_once_with_uneven_batches(tiny_dataset, eva
   np.testing.assert_array_equal(result['confusion'].sum(axis=1), label_counts)
   assert result['num_pixels'] == label_counts.sum() > 0
   assert sorted(seen) == list(range(len(source)))
+
+
+def test_evaluator_scores_the_same_with_worker_processes(tiny_dataset):
+  config = support.tiny_config(tiny_dataset)
+  evaluator = Evaluator(config, ColourModel(), parallel.make_mesh())  # a real, imperfect mIoU
+  passes = []
+  for workers in (0, 2):
+    config.data.workers = workers  # read by each pass: one Evaluator, compiled once
+    maps = {}
+    result = evaluator.run({}, lambda indices, class_maps: maps.update(zip(indices, class_maps)))
+    passes.append((result, maps))
+  (serial, serial_maps), (in_workers, worker_maps) = passes
+  assert sorted(serial_maps) == sorted(worker_maps) == list(range(6))
+  for index, class_map in serial_maps.items():
+    np.testing.assert_array_equal(worker_maps[index], class_map)
+  np.testing.assert_array_equal(in_workers['confusion'], serial['confusion'])
+  assert in_workers['miou'] == serial['miou'] > 0.2

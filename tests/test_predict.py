@@ -104,7 +104,7 @@ def _train_checkpoint(config, variables, workdir, step_number):
   tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps, variables['params'])
   state = step.create_train_state(variables, tx, config.seed)
   mngr = checkpoint.manager(workdir, keep=1)
-  checkpoint.save(mngr, step_number, state, pipeline.train_iterator(train.train_dataset(config), 0))
+  checkpoint.save(mngr, step_number, state, pipeline.iterator(train.train_dataset(config), 0))
   mngr.wait_until_finished()
 
 

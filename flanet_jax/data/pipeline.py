@@ -7,6 +7,7 @@ So the global batch at each step is the same for any number of hosts, devices or
 the iterator's position is the step: a resumed run continues exactly.
 """
 
+import functools
 from typing import Callable, Iterator
 
 import grain
@@ -46,8 +47,9 @@ def read_options(workers: int) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=2)
 
 
-def train_iterator(dataset: grain.MapDataset, workers: int) -> grain.DatasetIterator:
-  """Iterator with checkpointable state; `workers` > 0 decodes in worker processes."""
+def iterator(dataset: grain.MapDataset, workers: int) -> grain.DatasetIterator:
+  """Iterator with checkpointable state; `workers` > 0 computes the elements (decoding,
+  augmenting, padding) in worker processes, a couple ahead each."""
   iterable = dataset.to_iter_dataset(read_options(workers))
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (library use, notebooks)
@@ -78,25 +80,40 @@ def _round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
 
+def _host_eval_batch(number: int, *, source, global_batch: int, host_batch: int,
+                     process_index: int, size_divisor: int) -> tuple[dict, np.ndarray]:
+  """This host's rows of global batch `number`, and the source indices of its real examples."""
+  first = number * global_batch
+  sizes = [source.image_size(i) for i in range(first, min(first + global_batch, len(source)))]
+  size = (_round_up(max(h for h, _ in sizes), size_divisor),
+          _round_up(max(w for _, w in sizes), size_divisor))
+  start = first + process_index * host_batch
+  indices = range(start, min(start + host_batch, len(source)))
+  batch = _pad_batch([source[i] for i in indices], host_batch, size, source.labelled)
+  return batch, np.array(indices, np.int64)
+
+
 def eval_batches(source, *, global_batch: int, process_index: int, process_count: int,
-                 size_divisor: int = 1) -> Iterator[tuple[dict, list[int]]]:
+                 size_divisor: int = 1, workers: int = 0) -> Iterator[tuple[dict, list[int]]]:
   """Host-local eval batches covering every example exactly once across all hosts.
 
   Yields (batch, indices): `indices` are the source indices of the real examples in the batch;
   the remaining rows and the padding are label 255, so they add nothing to the metrics.
   Every host yields the same number of batches of the same shape (the largest image of the
-  global batch, rounded up to `size_divisor`), as jit over a mesh requires. The batch holds
-  'image', 'size' (true height, width) and, if the source is labelled, 'label'.
+  global batch, rounded up to `size_divisor`; sizes come from the file headers), as jit over
+  a mesh requires. The batch holds 'image', 'size' (true height, width) and, if the source is
+  labelled, 'label'. `workers` > 0 decodes and pads whole batches in worker processes.
   """
   if global_batch % process_count:
     raise errors.UserValueError(f'eval_batch_size {global_batch} is not divisible by the '
                                 f'{process_count} processes')
-  host_batch = global_batch // process_count
-  for first in range(0, len(source), global_batch):
-    global_indices = range(first, min(first + global_batch, len(source)))
-    sizes = [source.image_size(i) for i in global_indices]
-    size = (_round_up(max(h for h, _ in sizes), size_divisor),
-            _round_up(max(w for _, w in sizes), size_divisor))
-    start = first + process_index * host_batch
-    indices = [i for i in range(start, start + host_batch) if i < len(source)]
-    yield _pad_batch([source[i] for i in indices], host_batch, size, source.labelled), indices
+  build = functools.partial(_host_eval_batch, source=source, global_batch=global_batch,
+                            host_batch=global_batch // process_count,
+                            process_index=process_index, size_divisor=size_divisor)
+  dataset = grain.MapDataset.range(-(-len(source) // global_batch)).map(build)
+  batches = iterator(dataset, workers)
+  try:
+    for batch, indices in batches:
+      yield batch, indices.tolist()
+  finally:
+    batches.close()  # stops the worker processes, also when the caller stops early
