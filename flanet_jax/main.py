@@ -18,12 +18,10 @@ from flanet_jax import (command_line, errors, evaluate, export, parallel, predic
                         visualise)
 
 FLAGS = flags.FLAGS
-MODES = {'train': train.train_and_evaluate, 'eval': evaluate.evaluate, 'export': export.export,
-         'predict': predict.predict, 'visualise': visualise.visualise}
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-flags.DEFINE_enum('mode', 'train', list(MODES),
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export', 'predict', 'visualise'],
                   'train (resumes if possible), eval (scores eval.checkpoint_step on '
                   'data.eval_split), export (PNGs of eval.export_split for a test server), '
                   'predict (class maps of the images at predict.input) or visualise (the '
@@ -41,7 +39,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO logs would drown the progress bar
   config = FLAGS.config
   parallel.initialize_distributed(config.distributed)
-  MODES[FLAGS.mode](config, FLAGS.workdir)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    evaluate.evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'export':
+    export.export(config, FLAGS.workdir)
+  elif FLAGS.mode == 'predict':
+    predict.predict(config, FLAGS.workdir)
+  else:
+    visualise.visualise(config, FLAGS.workdir)
 
 
 def run():
