@@ -21,7 +21,8 @@ import pytest  # noqa: E402  (after the environment above)
 # no long file starts last while the other process sits idle.
 SLOWEST_FIRST = ('test_configs.py', 'test_train.py', 'test_multiprocess.py',
                  'test_nonlocal_blocks.py', 'test_flanet_backbones.py', 'test_convert.py',
-                 'test_models.py', 'test_model_options.py', 'test_parallel.py')
+                 'test_models.py', 'test_model_options.py', 'test_parallel.py',
+                 'test_train_parity.py', 'test_kernels.py', 'test_predict.py')
 
 
 def pytest_collection_modifyitems(items):
