@@ -52,9 +52,15 @@ def test_image_without_label(config_file, tiny_dataset, tmp_path):
   assert not (tmp_path / 'work').exists()
 
 
-def test_invalid_config_value(config_file, tmp_path):
-  error = _user_error(config_file, tmp_path / 'work', '--config.eval.mode=sliding')
-  assert error == "error: eval.mode must be 'whole' or 'slide', got 'sliding'"
+@pytest.mark.parametrize('flag, error_line', [
+    ('--config.eval.mode=sliding', "error: eval.mode must be 'whole' or 'slide', got 'sliding'"),
+    ('--config.model.backbone=resnet7', "error: model.backbone='resnet7': choose one of ["),
+    ('--config.model.attention=fca', "error: model.attention='fca': choose one of ["),
+    ('--config.model.kernels=cuda',
+     "error: model.kernels='cuda': choose one of ['auto', 'xla', 'tuned']"),
+], ids=['eval.mode', 'model.backbone', 'model.attention', 'model.kernels'])
+def test_invalid_config_value(config_file, tmp_path, flag, error_line):
+  assert _user_error(config_file, tmp_path / 'work', flag).startswith(error_line)
   assert not (tmp_path / 'work').exists()
 
 

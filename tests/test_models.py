@@ -102,12 +102,15 @@ def test_gradients_finite_and_nonzero_for_every_parameter(attention):
 
 
 def test_build_model_rejects_unknown_keys_and_names():
+  """When the model is built, before anything is traced."""
   with pytest.raises(ValueError, match='bakbone'):
     _model(num_classes=3, bakbone='resnet50')
-  with pytest.raises(ValueError, match='resnet34'):
-    _abstract_init(_model(num_classes=3, backbone='resnet34'), (1, 32, 32, 3))
-  with pytest.raises(ValueError, match='ccnet'):
-    _abstract_init(_model(num_classes=3, attention='ccnet'), (1, 32, 32, 3))
+  with pytest.raises(ValueError, match="model.backbone='resnet34'"):
+    _model(num_classes=3, backbone='resnet34')
+  with pytest.raises(ValueError, match="model.attention='ccnet'"):
+    _model(num_classes=3, attention='ccnet')
+  with pytest.raises(ValueError, match="model.kernels='cpu'"):
+    _model(num_classes=3, kernels='cpu')
 
 
 @pytest.mark.compiler

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 
+from flanet_jax import errors
 from flanet_jax.kernels import cpu
 from flanet_jax.models import ops
 
@@ -25,7 +26,7 @@ ACCELERATOR = dataclasses.replace(ops.PLAIN, fla_recomputes_maps=True)
 def select(name: str, platform: str | None = None) -> ops.Ops:
   """The `Ops` of `model.kernels=name` on `platform` (default: JAX's default backend)."""
   if name not in CHOICES:
-    raise ValueError(f'model.kernels={name!r}: choose one of {list(CHOICES)}')
+    raise errors.UserValueError(f'model.kernels={name!r}: choose one of {list(CHOICES)}')
   if name == 'xla':
     return ops.PLAIN
   if name == 'tuned' or (platform or jax.default_backend()) == 'cpu':

@@ -78,18 +78,22 @@ class OutputModule(nn.Module):
                 name='classifier')(x)
 
 
+def _require_choice(key: str, value, choices) -> None:
+  if value not in choices:
+    raise errors.UserValueError(f'model.{key}={value!r}: choose one of {sorted(choices)}')
+
+
 def build_backbone(name: str, deep_stem: bool, output_stride: int, dtype: Dtype,
                    remat: bool = False, ops: Ops = PLAIN) -> nn.Module:
   """`deep_stem` applies to ResNets, `output_stride` to ResNets and ShuffleNetV2; HRNet's
   features are always at stride 4. `remat` rematerialises every residual block (all three)."""
+  _require_choice('backbone', name, BACKBONES)
   if name in RESNET_DEPTHS:
     return ResNet(RESNET_DEPTHS[name], deep_stem, output_stride, dtype, remat, ops,
                   name='backbone')
   if name in HRNET_CONFIGS:
     return HRNet(**HRNET_CONFIGS[name], dtype=dtype, remat=remat, ops=ops, name='backbone')
-  if name == 'shufflenet_v2':
-    return ShuffleNetV2(output_stride, dtype, remat, ops, name='backbone')
-  raise errors.UserValueError(f'Unknown backbone {name!r}; choose one of {BACKBONES}')
+  return ShuffleNetV2(output_stride, dtype, remat, ops, name='backbone')
 
 
 class FLANet(nn.Module):
@@ -110,14 +114,17 @@ class FLANet(nn.Module):
   dtype: Dtype = jnp.float32
   ops: Ops = PLAIN
 
-  @nn.compact
-  def __call__(self, images, train: bool):
-    if self.attention not in ATTENTION_BLOCKS:
-      raise errors.UserValueError(f'Unknown attention {self.attention!r}; choose one of '
-                                  f'{sorted(ATTENTION_BLOCKS)}')
+  def __post_init__(self):
+    # Checked when the model is built, before anything is traced, compiled or written.
+    _require_choice('backbone', self.backbone, BACKBONES)
+    _require_choice('attention', self.attention, ATTENTION_BLOCKS)
     if self.fla_chunk_size < 0 or (self.fla_chunk_size and self.attention != 'fla'):
       raise errors.UserValueError(f'model.fla_chunk_size={self.fla_chunk_size}: must be >= 0, '
                                   f"and 0 unless model.attention='fla' (got {self.attention!r})")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images, train: bool):
     size = images.shape[1:3]
     c2, c3, c4 = build_backbone(self.backbone, self.deep_stem, self.output_stride,
                                 self.dtype, self.remat, self.ops)(images, train)
