@@ -9,6 +9,7 @@ Model variables: `{'params', 'batch_stats'}` in one directory, written by the we
 and read by `pretrained.init_from`.
 """
 
+import logging
 import os
 import pathlib
 from typing import Any, Mapping
@@ -37,6 +38,18 @@ def _one_replica_type_handlers():
 
 def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   """The run's checkpoints: item `state` (the train state, a PyTree of arrays) and `data`."""
+  # Orbax logs what a read-only manager turns off, and 'Given directory is read only', which
+  # reads like a permission problem; here it only means that evaluation writes no checkpoint.
+  notices = _MessageFilter(('CheckpointManagerOptions.read_only=True',
+                            'Given directory is read only'))
+  logging.getLogger('absl').addFilter(notices)
+  try:
+    return _manager(workdir, keep, read_only)
+  finally:
+    logging.getLogger('absl').removeFilter(notices)
+
+
+def _manager(workdir: pathlib.Path, keep: int, read_only: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          read_only=read_only)
   state_handler = ocp.handlers.PyTreeCheckpointHandler(
@@ -46,6 +59,17 @@ def manager(workdir: pathlib.Path, keep: int, read_only: bool = False) -> ocp.Ch
   handlers.add('state', ocp.args.PyTreeRestore, state_handler)
   return ocp.CheckpointManager((workdir / 'checkpoints').absolute(), options=options,
                                handler_registry=handlers)
+
+
+class _MessageFilter(logging.Filter):
+  """Drops log records whose message starts with one of `prefixes`."""
+
+  def __init__(self, prefixes: tuple[str, ...]):
+    super().__init__()
+    self.prefixes = prefixes
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(self.prefixes)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:

@@ -37,7 +37,8 @@ def test_short_training_learns_and_eval_mode_reproduces_it(tiny_dataset, tmp_pat
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [30, 60]
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
 
-  run_main('--mode=eval', '--config.eval.num_prediction_images=4')
+  output = run_main('--mode=eval', '--config.eval.num_prediction_images=4')
+  assert 'read only' not in output and 'read_only' not in output  # Orbax's notices, muted
   out = workdir / 'eval' / 'step_60'
   summary = json.loads((out / 'results.json').read_text())
   assert summary['miou'] == pytest.approx(miou, abs=1e-9)
