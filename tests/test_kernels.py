@@ -163,7 +163,8 @@ def _tiny_flanet(kernels_name, platform):
 def test_training_loss_has_no_custom_vjp_but_the_fla_blocks_off_cpu(kernels_name, platform,
                                                                     expected):
   """The function the train step differentiates: off CPU only the FLA block's hand-written
-  backward is custom; with 'xla' nothing is."""
+  backward is custom; with 'xla' nothing is. (Lowered, a custom VJP leaves no trace: the
+  jaxpr is where it shows.)"""
   model = _tiny_flanet(kernels_name, platform)
   images = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
@@ -174,6 +175,11 @@ def test_training_loss_has_no_custom_vjp_but_the_fla_blocks_off_cpu(kernels_name
     return sum(o.sum() for o in outputs)
 
   assert _custom_vjp_calls(jax.make_jaxpr(loss)(variables).jaxpr) == expected
+  if platform != 'cpu':  # and its gradient lowers for that platform as plain XLA operations
+    lowering = {'gpu': 'cuda', 'tpu': 'tpu'}[platform]
+    lowered = jax.jit(jax.grad(loss)).trace(variables).lower(lowering_platforms=(lowering,))
+    assert 'stablehlo.convolution' in lowered.as_text()
+    assert 'custom_call' not in lowered.as_text()  # no library call of one platform
 
 
 @pytest.mark.compiler
