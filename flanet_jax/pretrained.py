@@ -41,6 +41,13 @@ class InitReport:
     return '\n'.join(lines)
 
 
+def require_converted(path) -> None:
+  """`config.init_from` must name a converted-weights directory."""
+  if not os.path.isdir(path):
+    raise errors.UserFileNotFoundError(f'init_from={str(path)!r} does not exist; convert PyTorch '
+                                       'weights there with flanet-jax-convert (see README)')
+
+
 def _join(path) -> str:
   return '/'.join(path)
 

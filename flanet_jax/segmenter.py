@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from flanet_jax import errors, evaluate, inference, parallel, step, weights
-from flanet_jax.data import image_io, transforms
+from flanet_jax.data import image_io, pipeline, transforms
 from flanet_jax.models import build_model
 
 
@@ -38,10 +38,6 @@ def as_rgb(image) -> np.ndarray:
   return image
 
 
-def _round_up(value: int, multiple: int) -> int:
-  return -(-value // multiple) * multiple
-
-
 class Segmenter:
   """Class maps and scores of images of any size with `variables` of `config.model`."""
 
@@ -54,7 +50,7 @@ class Segmenter:
     self._scores = jax.jit(evaluate.sharded_predict(model, settings, self.mesh,
                                                     step.eval_scores))
     # Rows of a batch: a multiple of the devices, each device predicting whole images.
-    self.batch_size = _round_up(config.data.eval_batch_size, self.mesh.size)
+    self.batch_size = pipeline.round_up(config.data.eval_batch_size, self.mesh.size)
 
   @classmethod
   def from_checkpoint(cls, path, config, mesh=None) -> 'Segmenter':
@@ -98,7 +94,7 @@ class Segmenter:
   def _batch(self, function, arrays: list[np.ndarray], size) -> np.ndarray:
     """Outputs of up to batch_size images of one size; rows without an image compute
     something that is dropped."""
-    rows = _round_up(len(arrays), self.mesh.size)
+    rows = pipeline.round_up(len(arrays), self.mesh.size)
     images = np.zeros((rows, *size, 3), np.float32)
     images[:len(arrays)] = [transforms.normalize(a) for a in arrays]
     sizes = np.tile(np.array(size, np.int32), (rows, 1))

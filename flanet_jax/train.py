@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from flanet_jax import (checkpoint, data, errors, evaluate, metrics, optim, parallel, pretrained,
+from flanet_jax import (checkpoint, data, evaluate, metrics, optim, parallel, pretrained,
                         step, weights)
 from flanet_jax.data import pipeline, transforms
 from flanet_jax.models import build_model
@@ -39,9 +39,8 @@ def initial_state(config, model, mesh, load_pretrained: bool = True):
   """Initialised (and `init_from`-filled), replicated train state, optimizer and schedule."""
   replicated = parallel.replicated(mesh)
   init_from = config.init_from if load_pretrained else ''
-  if init_from and not pathlib.Path(init_from).is_dir():  # before the (compiled) initialisation
-    raise errors.UserFileNotFoundError(f'init_from={init_from!r} does not exist; convert PyTorch '
-                                       'weights there with flanet-jax-convert (see README)')
+  if init_from:
+    pretrained.require_converted(init_from)  # before the (compiled) initialisation
   variables = step.initial_variables(model, config.seed, replicated)
   if init_from:
     variables = _load_pretrained(variables, init_from)

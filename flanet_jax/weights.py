@@ -73,9 +73,7 @@ def restore_variables(config, workdir: pathlib.Path, model, mesh):
 def converted(path, model, mesh) -> Weights:
   """The whole-model variables in a converted-weights directory, replicated over `mesh`."""
   path = str(path)
-  if not pathlib.Path(path).is_dir():
-    raise errors.UserFileNotFoundError(f'init_from={path!r} does not exist; convert PyTorch '
-                                       'weights there with flanet-jax-convert (see README)')
+  pretrained.require_converted(path)
   shapes = jax.eval_shape(lambda: step.init_variables(model, 0))  # nothing is initialised
   try:
     variables, report = pretrained.init_from(shapes, path)

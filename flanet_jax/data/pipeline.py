@@ -76,7 +76,7 @@ def _pad_batch(examples: list[dict], rows: int, size: tuple[int, int], labelled:
   return batch
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
   return -(-value // multiple) * multiple
 
 
@@ -85,8 +85,8 @@ def _host_eval_batch(number: int, *, source, global_batch: int, host_batch: int,
   """This host's rows of global batch `number`, and the source indices of its real examples."""
   first = number * global_batch
   sizes = [source.image_size(i) for i in range(first, min(first + global_batch, len(source)))]
-  size = (_round_up(max(h for h, _ in sizes), size_divisor),
-          _round_up(max(w for _, w in sizes), size_divisor))
+  size = (round_up(max(h for h, _ in sizes), size_divisor),
+          round_up(max(w for _, w in sizes), size_divisor))
   start = first + process_index * host_batch
   indices = range(start, min(start + host_batch, len(source)))
   batch = _pad_batch([source[i] for i in indices], host_batch, size, source.labelled)
